@@ -1,0 +1,18 @@
+"""vsc-kernels: fused ops for variational sparse coding with learned thresholding
+(Fallah & Rozell, ICML 2022).
+
+Ops (each a ``torch.library`` custom op with autograd, traceable by ``torch.compile``):
+
+* :func:`threshold_sample` -- reparameterized Laplace/Gaussian sample, shifted
+  soft-threshold (eq. 2), straight-through backward (eq. 4), optional fused KL.
+* :func:`kl_divergence` -- per-element KL of the base distribution (Appendix B).
+
+Backends: ``reference`` (plain PyTorch), ``triton`` (CUDA), ``cpp`` (CPU, OpenMP);
+see :mod:`vsc_kernels._dispatch`.
+"""
+
+from ._dispatch import BACKENDS, resolve_backend
+from .threshold_sample import kl_divergence, threshold_sample
+
+__all__ = ["threshold_sample", "kl_divergence", "BACKENDS", "resolve_backend"]
+__version__ = "0.1.0"
