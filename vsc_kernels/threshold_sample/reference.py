@@ -71,12 +71,25 @@ def _sample_shape(mu: torch.Tensor, num_samples: int | None) -> tuple[tuple[int,
     return tuple(mu.shape[:-1]) + (num_samples, mu.shape[-1]), num_samples
 
 
-def threshold_sample(mu, logb, lam, *, seed: torch.Tensor, num_samples: int | None = None,
-                     base: str = "laplace", estimator: str = "straight", warmup: float = 1.0,
-                     return_kl: bool = False, prior_scale: float = 1.0):
-    """Differentiable reference (autograd through eq. (4)); same noise as every backend.
+def torch_rng_noise(base: str, shape, device, dtype) -> torch.Tensor:
+    """The same base noise drawn with torch's own RNG, as hand-written PyTorch does it
+    (``u ~ U(-1/2, 1/2)`` through the inverse CDF, or ``randn``). Not bit-compatible
+    with the kernels; the benchmarks' baseline."""
+    if base == "laplace":
+        u = torch.rand(shape, device=device, dtype=dtype) - 0.5
+        return -torch.sign(u) * torch.log((1.0 - 2.0 * u.abs()).clamp(min=1e-6))
+    return torch.randn(shape, device=device, dtype=dtype)
 
-    ``seed`` is the int64 ``[seed, offset]`` pair from :func:`vsc_kernels._philox.draw_seed`.
+
+def threshold_sample(mu, logb, lam, *, seed: torch.Tensor | None = None,
+                     num_samples: int | None = None, base: str = "laplace",
+                     estimator: str = "straight", warmup: float = 1.0, return_kl: bool = False,
+                     prior_scale: float = 1.0, noise: str = "philox"):
+    """Differentiable reference (autograd through eq. (4)).
+
+    ``noise="philox"`` draws the kernels' noise from ``seed``, the int64 ``[seed,
+    offset]`` pair of :func:`vsc_kernels._philox.draw_seed`, so results match every
+    backend; ``noise="torch"`` uses torch's RNG (:func:`torch_rng_noise`).
     """
     out_dtype = mu.dtype
     work = compute_dtype(out_dtype)
@@ -85,7 +98,10 @@ def threshold_sample(mu, logb, lam, *, seed: torch.Tensor, num_samples: int | No
     d = mu.shape[-1]
     rows = mu.numel() // d * J if d else 0
 
-    eps = base_noise(base, seed, rows, d, work).reshape(shape)
+    if noise == "philox":
+        eps = base_noise(base, seed, rows, d, work).reshape(shape)
+    else:
+        eps = torch_rng_noise(base, shape, mu.device, work)
     if num_samples is not None:  # the sample axis is second to last
         mu_w, logb_w = mu_w.unsqueeze(-2), logb_w.unsqueeze(-2)
     lam_w = lam.to(work) if isinstance(lam, torch.Tensor) else lam

@@ -1,0 +1,133 @@
+"""Shared benchmark plumbing: timing, peak memory, hardware limits, result files.
+
+Every result file records the device, versions, shapes and dtypes, and the fraction of
+the hardware limit reached, so that anyone can check a speed claim.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+
+# Nominal peak memory bandwidth (bytes/s) of GPUs we run on, by name fragment.
+NOMINAL_BANDWIDTH = {
+    "H100 80GB HBM3": 3.35e12,
+    "H100 PCIe": 2.0e12,
+    "H200": 4.8e12,
+    "A100-SXM4-80GB": 2.04e12,
+    "A100-SXM4-40GB": 1.56e12,
+}
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
+
+
+def synchronize(device: torch.device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_call(fn, device: torch.device, *, warmup: int = 3, repeats: int = 20,
+              min_seconds: float = 0.2) -> float:
+    """Median wall time of ``fn()`` in seconds (CUDA events on the GPU)."""
+    for _ in range(warmup):
+        fn()
+    synchronize(device)
+    samples = []
+    start_all = time.perf_counter()
+    while len(samples) < repeats or (time.perf_counter() - start_all < min_seconds
+                                     and len(samples) < 10 * repeats):
+        if device.type == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            samples.append(start.elapsed_time(end) / 1e3)
+        else:
+            t0 = time.perf_counter()
+            fn()
+            samples.append(time.perf_counter() - t0)
+    return statistics.median(samples)
+
+
+def peak_memory(fn, device: torch.device) -> int | None:
+    """Peak bytes allocated on the GPU during ``fn()`` beyond what was live before."""
+    if device.type != "cuda":
+        return None
+    synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    before = torch.cuda.memory_allocated(device)
+    fn()
+    synchronize(device)
+    return torch.cuda.max_memory_allocated(device) - before
+
+
+def measured_copy_bandwidth(device: torch.device, nbytes: int = 1 << 28) -> float:
+    """Bytes/s of a large device-to-device copy (counting read + write): the practical
+    memory-bandwidth ceiling on this machine."""
+    src = torch.empty(nbytes // 4, dtype=torch.float32, device=device).fill_(1.0)
+    dst = torch.empty_like(src)
+    seconds = time_call(lambda: dst.copy_(src), device, warmup=2, repeats=10)
+    return 2 * nbytes / seconds
+
+
+def bandwidth_limit(device: torch.device) -> tuple[float, str]:
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        for fragment, value in NOMINAL_BANDWIDTH.items():
+            if fragment in name:
+                return value, f"nominal HBM bandwidth of {name}"
+    return measured_copy_bandwidth(device), "measured device-to-device copy bandwidth"
+
+
+def environment(device: torch.device) -> dict:
+    info = {
+        "device": device_name(device),
+        "device_type": device.type,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "cpu_threads": torch.get_num_threads(),
+        "host": platform.node(),
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    try:
+        import triton
+
+        info["triton"] = triton.__version__
+    except ImportError:
+        info["triton"] = None
+    if device.type == "cuda":
+        info["cuda"] = torch.version.cuda
+    return info
+
+
+def write_results(name: str, device: torch.device, payload: dict) -> Path:
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    path = RESULTS_DIR / f"{name}_{device.type}.json"
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(payload, indent=2) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def print_table(rows: list[dict], columns: list[tuple[str, str, str]]):
+    """``columns``: (key, header, format)."""
+    headers = [h for _, h, _ in columns]
+    cells = [[("-" if r.get(k) is None else format(r[k], f)) for k, _, f in columns] for r in rows]
+    widths = [max(len(h), *(len(c[i]) for c in cells)) if cells else len(h)
+              for i, h in enumerate(headers)]
+    print("  ".join(h.rjust(w) for h, w in zip(headers, widths)))
+    for c in cells:
+        print("  ".join(v.rjust(w) for v, w in zip(c, widths)))
