@@ -25,14 +25,10 @@ from __future__ import annotations
 import torch
 
 from .._philox import base_noise
+from .._precision import compute_dtype
 
 BASES = ("laplace", "gaussian")
 ESTIMATORS = ("straight", "subgradient", "straight_shift")
-
-
-def compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    """Math is float32 for float16/bfloat16/float32 inputs, float64 for float64."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def base_scale(logb: torch.Tensor, base: str) -> torch.Tensor:
