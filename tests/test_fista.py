@@ -10,8 +10,8 @@ from vsc_kernels.fista import fista, reference
 
 from _utils import require_backend
 
-BACKENDS = ["reference"]  # kernel backends join as they land
-KERNEL_BACKENDS = []
+BACKENDS = ["reference", "triton"]
+KERNEL_BACKENDS = ["triton"]
 
 
 def _device(backend):

@@ -26,8 +26,10 @@ def _device(backend):
 
 
 def _features(device):
-    mu = torch.tensor([[0.0, 1.5, -2.0, 0.3]], device=device)
-    logb = torch.log(torch.tensor([[1.0, 0.5, 2.0, 0.1]], device=device))
+    """Four features with their own (mu, b, lam), repeated over N rows by a stride-0
+    expand (the kernels read through strides)."""
+    mu = torch.tensor([[0.0, 1.5, -2.0, 0.3]], device=device).expand(N, 4)
+    logb = torch.log(torch.tensor([[1.0, 0.5, 2.0, 0.1]], device=device)).expand(N, 4)
     lam = torch.tensor([0.5, 0.2, 1.5, 0.05], device=device)
     return mu, logb, lam
 
@@ -37,7 +39,7 @@ def test_laplace_spike_and_slab(backend):
     device = _device(backend)
     mu, logb, lam = _features(device)
     warmup = 0.9
-    z = seeded(0, backend, mu, logb, lam, num_samples=N, warmup=warmup)[0].cpu().double()
+    z = seeded(0, backend, mu, logb, lam, warmup=warmup).cpu().double()
     b = warmup * torch.exp(logb[0]).cpu().double()
     for i in range(z.shape[-1]):
         column = z[:, i]
@@ -57,8 +59,7 @@ def test_gaussian_zero_fraction_and_tails(backend):
     device = _device(backend)
     mu, logb, lam = _features(device)
     log_variance = 2 * logb  # same sigmas as the Laplace test's b
-    z = seeded(1, backend, mu, log_variance, lam, num_samples=N, base="gaussian")[0]
-    z = z.cpu().double()
+    z = seeded(1, backend, mu, log_variance, lam, base="gaussian").cpu().double()
     sigma = torch.exp(logb[0]).cpu().double()
     for i in range(z.shape[-1]):
         column, lam_i, sigma_i = z[:, i], lam[i].item(), sigma[i].item()

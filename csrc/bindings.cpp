@@ -1,0 +1,20 @@
+// The one Python module of the C++ backend (vsc_kernels_cpu): every op file in
+// csrc/ declares its entry points in a header and they are bound here.
+// torch/python.h: pybind11 with the at::Tensor / std::optional casters, without
+// the whole C++ frontend that torch/extension.h also pulls in (faster build).
+#include <torch/python.h>
+
+#include "threshold_sample.h"
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.doc() = "vsc_kernels C++/OpenMP CPU kernels";
+  m.def("threshold_sample_forward", &vsc::threshold_sample_forward,
+        "threshold_sample forward: (z, kl or None)", py::arg("mu"), py::arg("logb"),
+        py::arg("lam"), py::arg("lam_value"), py::arg("seed"), py::arg("num_samples"),
+        py::arg("base"), py::arg("warmup"), py::arg("return_kl"), py::arg("prior_scale"));
+  m.def("threshold_sample_backward", &vsc::threshold_sample_backward,
+        "threshold_sample backward: (grad_mu, grad_logb, grad_lam or None)", py::arg("grad_z"),
+        py::arg("grad_kl"), py::arg("mu"), py::arg("logb"), py::arg("lam"), py::arg("lam_value"),
+        py::arg("seed"), py::arg("num_samples"), py::arg("base"), py::arg("estimator"),
+        py::arg("warmup"), py::arg("prior_scale"), py::arg("lam_requires_grad"));
+}

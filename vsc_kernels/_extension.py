@@ -1,0 +1,67 @@
+"""Just-in-time build of the C++/OpenMP CPU backend (``csrc/*.cpp``).
+
+Every ``csrc/*.cpp`` file is compiled into one module, ``vsc_kernels_cpu``
+(``csrc/bindings.cpp`` holds its only ``PYBIND11_MODULE``), with
+``torch.utils.cpp_extension.load``. The first build takes about half a minute;
+torch keeps the result under ``TORCH_EXTENSIONS_DIR`` (default
+``~/.cache/torch_extensions``) and later processes load it in well under a
+second, rebuilding only when a source or header changed.
+
+If the build fails (no compiler, no OpenMP, ...), :func:`load_extension`
+returns ``None`` after one ``RuntimeWarning`` and the callers fall back to the
+PyTorch reference.
+"""
+
+from __future__ import annotations
+
+import functools
+import warnings
+from pathlib import Path
+
+EXTENSION_NAME = "vsc_kernels_cpu"
+CSRC_DIR = Path(__file__).resolve().parent.parent / "csrc"
+
+# -ffp-contract=off: no fused multiply-adds, so the float math rounds exactly as
+# the separate PyTorch ops of the reference do. -fno-math-errno and
+# -fno-trapping-math change no value (they let sqrt inline and the elementwise
+# selects vectorize). No -march: the build stays portable; the Philox block has
+# AVX2/AVX-512 clones chosen at run time (see csrc/threshold_sample.cpp).
+EXTRA_CFLAGS = ["-O3", "-fopenmp", "-ffp-contract=off", "-fno-math-errno", "-fno-trapping-math"]
+EXTRA_LDFLAGS = ["-fopenmp"]
+
+
+def _sources() -> list[str]:
+    return [str(path) for path in sorted(CSRC_DIR.glob("*.cpp"))]
+
+
+@functools.lru_cache(maxsize=None)
+def load_extension():
+    """The compiled module, or ``None`` (with one warning) when it cannot be built."""
+    try:
+        sources = _sources()
+        if not sources:
+            raise FileNotFoundError(f"no C++ sources found in {CSRC_DIR}")
+        from torch.utils.cpp_extension import load
+
+        return load(
+            name=EXTENSION_NAME,
+            sources=sources,
+            extra_include_paths=[str(CSRC_DIR)],
+            extra_cflags=EXTRA_CFLAGS,
+            extra_ldflags=EXTRA_LDFLAGS,
+            verbose=False,
+        )
+    except Exception as exc:  # no compiler, failed build, missing sources, ...
+        warnings.warn(
+            "vsc_kernels: the C++ CPU backend is unavailable "
+            f"({type(exc).__name__}: {str(exc).strip().splitlines()[-1] if str(exc).strip() else exc!r}); "
+            "the PyTorch reference implementation is used instead.",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        return None
+
+
+def cpp_available() -> bool:
+    """Whether the C++ backend builds and loads (builds it on first call)."""
+    return load_extension() is not None
