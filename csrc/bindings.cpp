@@ -4,6 +4,7 @@
 // the whole C++ frontend that torch/extension.h also pulls in (faster build).
 #include <torch/python.h>
 
+#include "fista.h"
 #include "threshold_sample.h"
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -17,4 +18,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("grad_kl"), py::arg("mu"), py::arg("logb"), py::arg("lam"), py::arg("lam_value"),
         py::arg("seed"), py::arg("num_samples"), py::arg("base"), py::arg("estimator"),
         py::arg("warmup"), py::arg("prior_scale"), py::arg("lam_requires_grad"));
+  m.def("fista_solve", &vsc::fista_solve,
+        "batched FISTA from the Gram matrix: (codes, n_iter, converged)", py::arg("gram"),
+        py::arg("c"), py::arg("lam"), py::arg("z0"), py::arg("lipschitz"), py::arg("max_iter"),
+        py::arg("tol"), py::arg("nonneg"));
 }

@@ -10,8 +10,8 @@ from vsc_kernels.fista import fista, reference
 
 from _utils import require_backend
 
-BACKENDS = ["reference", "triton"]
-KERNEL_BACKENDS = ["triton"]
+BACKENDS = ["reference", "cpp", "triton"]
+KERNEL_BACKENDS = ["cpp", "triton"]
 
 
 def _device(backend):

@@ -1,0 +1,27 @@
+"""C++/OpenMP CPU backend of ``fista`` (``csrc/fista.cpp``).
+
+Same signature, returns and semantics as the backend contract
+:func:`vsc_kernels.fista.reference.fista_solve`. The dispatcher checks
+:func:`vsc_kernels._extension.cpp_available` and falls back to the reference
+before calling into this module.
+"""
+
+from __future__ import annotations
+
+from .._extension import load_extension
+
+
+def _extension():
+    ext = load_extension()
+    if ext is None:
+        raise RuntimeError("vsc_kernels: the C++ CPU backend is unavailable (build failed)")
+    return ext
+
+
+def fista_solve(gram, c, lam, z0, lipschitz, max_iter, tol, nonneg):
+    """Contract: ``gram (d, d)``, ``c (B, d)``, ``lam (B,)``, ``z0 (B, d)`` in the compute
+    dtype; returns ``codes (B, d)`` (that dtype), ``n_iter (B,)`` int32, ``converged (B,)``
+    bool."""
+    codes, n_iter, converged = _extension().fista_solve(
+        gram, c, lam, z0, float(lipschitz), int(max_iter), float(tol), bool(nonneg))
+    return codes, n_iter, converged
