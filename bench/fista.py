@@ -91,8 +91,9 @@ def run(device, shapes, sklearn_rows, repeats, max_iter):
                 "numpy": lambda: numpy_fista(x_np, A_np, LAM, max_iter, tol),
             }
             for name, call in calls.items():
-                seconds = common.time_call(call, device, warmup=1, repeats=repeats, min_seconds=0)
-                result = call() if name != "numpy" else None
+                result = call()  # the warm-up run also gives the iteration counts
+                seconds = common.time_call(call, device, warmup=0, repeats=repeats, min_seconds=0)
+                result = result if name != "numpy" else None
                 iterations = (result.n_iter.float().mean().item() if result is not None
                               else None)
                 rows_out.append(row(B, d, D, mode, name, seconds, iterations, limit))

@@ -85,32 +85,8 @@ inline void philox4x32_10(uint64_t q, const Stream& st, uint32_t out[4]) {
 // groups so that the compiler can vectorize across calls.
 inline void philox_block(uint64_t q0, int64_t ngroups, const Stream& st,
                          uint32_t* __restrict out) {
-  const uint32_t o0 = st.o0, o1 = st.o1, key0 = st.k0, key1 = st.k1;
   for (int64_t g = 0; g < ngroups; ++g) {
-    const uint64_t q = q0 + static_cast<uint64_t>(g);
-    uint32_t c0 = static_cast<uint32_t>(q);
-    uint32_t c1 = static_cast<uint32_t>(q >> 32);
-    uint32_t c2 = o0;
-    uint32_t c3 = o1;
-    uint32_t k0 = key0;
-    uint32_t k1 = key1;
-#pragma GCC unroll 10
-    for (int round = 0; round < kRounds; ++round) {
-      const uint64_t p0 = static_cast<uint64_t>(c0) * kM0;
-      const uint64_t p1 = static_cast<uint64_t>(c2) * kM1;
-      const uint32_t n0 = static_cast<uint32_t>(p1 >> 32) ^ c1 ^ k0;
-      const uint32_t n2 = static_cast<uint32_t>(p0 >> 32) ^ c3 ^ k1;
-      c1 = static_cast<uint32_t>(p1);
-      c3 = static_cast<uint32_t>(p0);
-      c0 = n0;
-      c2 = n2;
-      k0 += kW0;
-      k1 += kW1;
-    }
-    out[4 * g + 0] = c0;
-    out[4 * g + 1] = c1;
-    out[4 * g + 2] = c2;
-    out[4 * g + 3] = c3;
+    philox4x32_10(q0 + static_cast<uint64_t>(g), st, out + 4 * g);
   }
 }
 
