@@ -110,6 +110,29 @@ def _sign(x):
     return tl.where(x > 0, 1.0, tl.where(x < 0, -1.0, 0.0))
 
 
+@triton.jit
+def _load_tile(mu_ptr, logb_ptr, M, d, stride_mu_m, stride_mu_d, stride_lb_m, stride_lb_d,
+               BASE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
+    """This program's rows, columns, Philox groups and masks, and its mu/logb tile
+    (float32) with the base scale ``exp(logb)`` or ``exp(logb / 2)``."""
+    pid_m = tl.program_id(0).to(tl.int64)
+    pid_d = tl.program_id(1).to(tl.int64)
+    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M).to(tl.int64)
+    cols = pid_d * BLOCK_D + tl.arange(0, BLOCK_D).to(tl.int64)
+    groups = pid_d * (BLOCK_D // 4) + tl.arange(0, BLOCK_D // 4).to(tl.int64)
+    row_mask = rows < M
+    mask = row_mask[:, None] & (cols < d)[None, :]
+    mu = tl.load(mu_ptr + rows[:, None] * stride_mu_m + cols[None, :] * stride_mu_d,
+                 mask=mask, other=0.0).to(tl.float32)
+    logb = tl.load(logb_ptr + rows[:, None] * stride_lb_m + cols[None, :] * stride_lb_d,
+                   mask=mask, other=0.0).to(tl.float32)
+    if BASE == 0:
+        scale = tl.exp(logb)
+    else:
+        scale = tl.exp(0.5 * logb)
+    return rows, cols, groups, row_mask, mask, mu, logb, scale
+
+
 # --------------------------------------------------------------------------------------
 # Kernels
 # --------------------------------------------------------------------------------------
@@ -124,23 +147,11 @@ def _threshold_sample_fwd_kernel(
     BASE: tl.constexpr, HAS_LAM: tl.constexpr, RETURN_KL: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
-    pid_m = tl.program_id(0).to(tl.int64)
     pid_d = tl.program_id(1).to(tl.int64)
     pid_j = tl.program_id(2)
-    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M).to(tl.int64)
-    cols = pid_d * BLOCK_D + tl.arange(0, BLOCK_D).to(tl.int64)
-    groups = pid_d * (BLOCK_D // 4) + tl.arange(0, BLOCK_D // 4).to(tl.int64)
-    row_mask = rows < M
-    mask = row_mask[:, None] & (cols < d)[None, :]
-
-    mu = tl.load(mu_ptr + rows[:, None] * stride_mu_m + cols[None, :] * stride_mu_d,
-                 mask=mask, other=0.0).to(tl.float32)
-    logb = tl.load(logb_ptr + rows[:, None] * stride_lb_m + cols[None, :] * stride_lb_d,
-                   mask=mask, other=0.0).to(tl.float32)
-    if BASE == 0:
-        scale = tl.exp(logb)
-    else:
-        scale = tl.exp(0.5 * logb)
+    rows, cols, groups, row_mask, mask, mu, logb, scale = _load_tile(
+        mu_ptr, logb_ptr, M, d, stride_mu_m, stride_mu_d, stride_lb_m, stride_lb_d,
+        BASE, BLOCK_M, BLOCK_D)
     wscale = warmup * scale
     k0, k1, o0, o1 = _seed_words(seed_ptr)
 
@@ -185,23 +196,10 @@ def _threshold_sample_bwd_kernel(
     HAS_GRAD_KL: tl.constexpr, LAM_GRAD: tl.constexpr, SPLIT_J: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
-    pid_m = tl.program_id(0).to(tl.int64)
-    pid_d = tl.program_id(1).to(tl.int64)
     pid_j = tl.program_id(2)
-    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M).to(tl.int64)
-    cols = pid_d * BLOCK_D + tl.arange(0, BLOCK_D).to(tl.int64)
-    groups = pid_d * (BLOCK_D // 4) + tl.arange(0, BLOCK_D // 4).to(tl.int64)
-    row_mask = rows < M
-    mask = row_mask[:, None] & (cols < d)[None, :]
-
-    mu = tl.load(mu_ptr + rows[:, None] * stride_mu_m + cols[None, :] * stride_mu_d,
-                 mask=mask, other=0.0).to(tl.float32)
-    logb = tl.load(logb_ptr + rows[:, None] * stride_lb_m + cols[None, :] * stride_lb_d,
-                   mask=mask, other=0.0).to(tl.float32)
-    if BASE == 0:
-        scale = tl.exp(logb)
-    else:
-        scale = tl.exp(0.5 * logb)
+    rows, cols, groups, row_mask, mask, mu, logb, scale = _load_tile(
+        mu_ptr, logb_ptr, M, d, stride_mu_m, stride_mu_d, stride_lb_m, stride_lb_d,
+        BASE, BLOCK_M, BLOCK_D)
     wscale = warmup * scale
     k0, k1, o0, o1 = _seed_words(seed_ptr)
 
