@@ -201,18 +201,6 @@ inline void gaussian_pair_from_bits(uint32_t xa, uint32_t xb, T* even, T* odd) {
   *odd = radius * sin_theta;
 }
 
-// Noise of all four lanes of one call.
-template <typename T>
-inline void laplace4(const uint32_t x[4], T eps[4]) {
-  for (int lane = 0; lane < kLanes; ++lane) eps[lane] = laplace_from_bits<T>(x[lane]);
-}
-
-template <typename T>
-inline void gaussian4(const uint32_t x[4], T eps[4]) {
-  gaussian_pair_from_bits<T>(x[0], x[1], &eps[0], &eps[1]);
-  gaussian_pair_from_bits<T>(x[2], x[3], &eps[2], &eps[3]);
-}
-
 // Noise for a block of n4 = 4 * ngroups raw outputs (from philox_block).
 template <typename T>
 inline void laplace_block(const uint32_t* __restrict x, int64_t n4, T* __restrict eps) {
@@ -222,28 +210,6 @@ inline void laplace_block(const uint32_t* __restrict x, int64_t n4, T* __restric
 template <typename T>
 inline void gaussian_block(const uint32_t* __restrict x, int64_t n4, T* __restrict eps) {
   for (int64_t k = 0; k < n4; k += 2) gaussian_pair_from_bits<T>(x[k], x[k + 1], &eps[k], &eps[k + 1]);
-}
-
-// Single-element helpers (reference use; kernels work on whole blocks):
-// standard noise of element (r, i) of a rows x d tensor.
-template <typename T>
-inline T laplace_at(const Stream& st, int64_t r, int64_t i, int64_t d) {
-  uint32_t x[4];
-  philox4x32_10(static_cast<uint64_t>(r) * static_cast<uint64_t>(groups_per_row(d)) +
-                    static_cast<uint64_t>(i / kLanes),
-                st, x);
-  return laplace_from_bits<T>(x[i % kLanes]);
-}
-
-template <typename T>
-inline T gaussian_at(const Stream& st, int64_t r, int64_t i, int64_t d) {
-  uint32_t x[4];
-  philox4x32_10(static_cast<uint64_t>(r) * static_cast<uint64_t>(groups_per_row(d)) +
-                    static_cast<uint64_t>(i / kLanes),
-                st, x);
-  T eps[4];
-  gaussian4<T>(x, eps);
-  return eps[i % kLanes];
 }
 
 }  // namespace philox

@@ -133,6 +133,22 @@ def _load_tile(mu_ptr, logb_ptr, M, d, stride_mu_m, stride_mu_d, stride_lb_m, st
     return rows, cols, groups, row_mask, mask, mu, logb, scale
 
 
+@triton.jit
+def _sample_delta_lam(rows, cols, groups, mask, j, J, d4, wscale, k0, k1, o0, o1, lam_ptr,
+                      lam_value, stride_lam_m, stride_lam_j, stride_lam_d,
+                      BASE: tl.constexpr, HAS_LAM: tl.constexpr):
+    """``delta = s - mu = w * scale * eps`` of sample ``j`` (noise regenerated from its
+    counters) and the threshold that applies to it."""
+    r = rows * J + j
+    eps = _noise_tile(r[:, None] * d4 + groups[None, :], k0, k1, o0, o1, BASE)
+    if HAS_LAM:
+        lam = tl.load(lam_ptr + rows[:, None] * stride_lam_m + j * stride_lam_j
+                      + cols[None, :] * stride_lam_d, mask=mask, other=0.0).to(tl.float32)
+    else:
+        lam = lam_value
+    return wscale * eps, lam
+
+
 # --------------------------------------------------------------------------------------
 # Kernels
 # --------------------------------------------------------------------------------------
@@ -159,13 +175,9 @@ def _threshold_sample_fwd_kernel(
     j_end = tl.minimum(j_start + j_chunk, J)
     for j in range(j_start, j_end):
         r = rows * J + j                                   # sample row m * J + j
-        eps = _noise_tile(r[:, None] * d4 + groups[None, :], k0, k1, o0, o1, BASE)
-        delta = wscale * eps
-        if HAS_LAM:
-            lam = tl.load(lam_ptr + rows[:, None] * stride_lam_m + j * stride_lam_j
-                          + cols[None, :] * stride_lam_d, mask=mask, other=0.0).to(tl.float32)
-        else:
-            lam = lam_value
+        delta, lam = _sample_delta_lam(
+            rows, cols, groups, mask, j, J, d4, wscale, k0, k1, o0, o1, lam_ptr, lam_value,
+            stride_lam_m, stride_lam_j, stride_lam_d, BASE, HAS_LAM)
         s = mu + delta
         z = tl.where(tl.abs(delta) > lam, s - _sign(delta) * lam, 0.0)
         tl.store(z_ptr + r[:, None] * d + cols[None, :], z.to(z_ptr.dtype.element_ty), mask=mask)
@@ -211,13 +223,9 @@ def _threshold_sample_bwd_kernel(
         r = rows * J + j
         g = tl.load(grad_z_ptr + rows[:, None] * stride_gz_m + j * stride_gz_j
                     + cols[None, :] * stride_gz_d, mask=mask, other=0.0).to(tl.float32)
-        eps = _noise_tile(r[:, None] * d4 + groups[None, :], k0, k1, o0, o1, BASE)
-        delta = wscale * eps
-        if HAS_LAM:
-            lam = tl.load(lam_ptr + rows[:, None] * stride_lam_m + j * stride_lam_j
-                          + cols[None, :] * stride_lam_d, mask=mask, other=0.0).to(tl.float32)
-        else:
-            lam = lam_value
+        delta, lam = _sample_delta_lam(
+            rows, cols, groups, mask, j, J, d4, wscale, k0, k1, o0, o1, lam_ptr, lam_value,
+            stride_lam_m, stride_lam_j, stride_lam_d, BASE, HAS_LAM)
         active = tl.abs(delta) > lam
         if BASE == 0:
             ds_dlogb = delta
