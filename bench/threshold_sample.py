@@ -83,13 +83,13 @@ def run(device, shapes, dtypes, repeats):
                 for mode, call in modes.items():
                     seconds = common.time_call(call, device, repeats=repeats)
                     moved = bytes_moved(B, J, d, mu.element_size(), mode)
+                    peak = common.peak_memory(call, device)
                     rows.append({
                         "B": B, "J": J, "d": d, "dtype": dtype_name, "mode": mode,
                         "provider": name, "time_ms": seconds * 1e3,
                         "effective_GBps": moved / seconds / 1e9,
                         "fraction_of_limit": moved / seconds / limit,
-                        "peak_memory_MB": (lambda m: None if m is None else m / 2**20)(
-                            common.peak_memory(call, device)),
+                        "peak_memory_MB": None if peak is None else peak / 2**20,
                     })
                     mu.grad = logb.grad = None
     for row in rows:
