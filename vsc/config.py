@@ -1,0 +1,191 @@
+"""Run configuration: one flat dataclass, loaded from TOML (or YAML when PyYAML is
+installed), every field overridable as ``key=value`` on the command line.
+
+Defaults are the paper's Appendix D schedule for the linear generator; the
+shipped configs in ``vsc/configs/`` set the method-specific fields of each Table 1
+row, and ``quick = true`` shrinks data and epochs for a run of a few minutes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .priors import PRIORS
+
+METHODS = ("fista", "variational")
+SAMPLING = ("max", "avg", "iwae")
+ESTIMATORS = ("straight", "subgradient", "straight_shift")
+
+
+@dataclass
+class Config:
+    # what is trained
+    method: str = "variational"          # "fista" or "variational"
+    prior: str = "thresholded_laplacian"
+    estimator: str = "straight"          # straight-through (eq. 4) or "subgradient"
+    sampling: str = "max"                # max ELBO (eq. 9), "avg" (eq. 7) or "iwae"
+    num_samples: int = 20                # J
+    threshold: float | None = None       # lam0; None: the prior's Appendix D value
+    learn_threshold: bool = False        # Gamma posterior on lam
+    gamma_alpha0: float = 3.0
+    gamma_kl_weight: float = 0.1         # beta2 / beta1
+    prior_scale: float = 0.1             # b0 (Laplace) or sigma0^2 (Gaussian, spike-and-slab slab)
+    spike_prior: float = 0.1             # spike-and-slab: prior probability of a non-zero
+    beta: float = 1e-2                   # KL weight beta1
+    warmup_start: float | None = None    # scale warm-up w (Appendix B; spike-and-slab: KL warm-up);
+    warmup_step: float = 2e-4            #   None: 0.1 (0.0 for spike-and-slab), + warmup_step per iteration
+    warmup_delay: int = 1500             # spike-and-slab: iterations before its KL warm-up starts
+    tau_decay: float = 0.9995            # spike-and-slab: Gumbel-softmax temperature, per iteration
+    kappa: float | None = None           # Frobenius weight; None: 1e-3 (FISTA) / 1e-4
+    recon: str = "mean"                  # squared error summed ("sum") or averaged ("mean") over pixels
+    # FISTA baseline (objective 10)
+    fista_lambda: float = 20.0
+    fista_warmup_start: float = 0.1
+    fista_warmup_step: float = 1e-4      # per iteration
+    fista_max_iter: int = 500
+    fista_tol: float = 1e-4
+    # data
+    data: str = "embedded"               # "embedded", a path to IMAGES.mat, or an image folder
+    n_train: int = 80000
+    n_val: int = 16000
+    patch_size: int = 16
+    latent_dim: int = 256
+    cache_dir: str | None = None
+    # optimization (Appendix D)
+    epochs: int = 300
+    batch_size: int = 100
+    lr_dictionary: float = 0.5
+    lr_decay: float = 0.99               # per epoch, dictionary
+    lr_encoder: float = 1e-2             # SGD + Nesterov with a one-cycle schedule
+    momentum: float = 0.9
+    seed: int = 0
+    device: str = "cpu"
+    # evaluation
+    eval_rows: int = 2000                # validation rows for the costly metrics
+    iwae_k: int = 200
+    snr_samples: int = 100
+    jaccard_passes: int = 20
+    val_lambda: float = 20.0             # lam of objective (10) for the validation loss
+    # bookkeeping
+    name: str = ""
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        self.validate()
+
+    def validate(self):
+        def bad(message):
+            raise ValueError(f"config: {message}")
+        if self.method not in METHODS:
+            bad(f"method must be one of {METHODS}, got {self.method!r}")
+        if self.method == "variational" and self.prior not in PRIORS:
+            bad(f"unknown prior {self.prior!r}; choose one of {sorted(PRIORS)}")
+        if self.sampling not in SAMPLING:
+            bad(f"sampling must be one of {SAMPLING}, got {self.sampling!r}")
+        if self.estimator not in ESTIMATORS:
+            bad(f"estimator must be one of {ESTIMATORS}, got {self.estimator!r}")
+        if self.recon not in ("sum", "mean"):
+            bad(f"recon must be 'sum' or 'mean', got {self.recon!r}")
+        for name in ("fista_lambda", "val_lambda", "beta", "prior_scale", "lr_dictionary",
+                     "lr_encoder", "gamma_kl_weight"):
+            if getattr(self, name) < 0:
+                bad(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.threshold is not None and self.threshold < 0:
+            bad(f"threshold (lambda) must be >= 0, got {self.threshold}")
+        if self.kappa is not None and self.kappa < 0:
+            bad(f"kappa must be >= 0, got {self.kappa}")
+        for name in ("num_samples", "epochs", "batch_size", "n_train", "n_val", "patch_size",
+                     "latent_dim", "eval_rows", "iwae_k", "snr_samples", "jaccard_passes"):
+            if getattr(self, name) < 1:
+                bad(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.prior_scale == 0:
+            bad("prior_scale must be > 0")
+
+    @property
+    def frobenius_weight(self) -> float:
+        if self.kappa is not None:
+            return self.kappa
+        return 1e-3 if self.method == "fista" else 1e-4
+
+    def prior_options(self) -> dict:
+        options = {"prior_scale": self.prior_scale, "warmup_step": self.warmup_step}
+        if self.warmup_start is not None:
+            options["warmup_start"] = self.warmup_start
+        if self.prior == "spike_slab":
+            options.update(spike_prior=self.spike_prior, warmup_delay=self.warmup_delay,
+                           tau_decay=self.tau_decay)
+            return options
+        options.update(estimator=self.estimator, learn_threshold=self.learn_threshold,
+                       gamma_alpha0=self.gamma_alpha0, gamma_kl_weight=self.gamma_kl_weight)
+        if self.threshold is not None:
+            options["threshold"] = self.threshold
+        return options
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+FIELDS = {f.name: f for f in dataclasses.fields(Config)}
+
+
+def parse_value(text: str):
+    """A command-line value with TOML syntax (``1e-3``, ``true``, ``"max"``), or a bare string."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def read_file(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file not found: {path}")
+    text = path.read_text()
+    if path.suffix in (".yaml", ".yml"):
+        try:
+            import yaml
+        except ImportError as error:
+            raise ValueError(f"{path}: YAML configs need PyYAML (pip install pyyaml)") from error
+        return yaml.safe_load(text) or {}
+    if path.suffix == ".json":
+        return json.loads(text)
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as error:
+        raise ValueError(f"{path}: not valid TOML: {error}") from error
+
+
+def build_config(values: dict, overrides: list[str] = ()) -> Config:
+    values = dict(values)
+    for item in overrides:
+        if "=" not in item:
+            raise ValueError(f"override {item!r} is not key=value")
+        key, text = item.split("=", 1)
+        values[key.strip()] = parse_value(text.strip())
+    quick = bool(values.pop("quick", False))
+    full = bool(values.pop("full", False))
+    unknown = sorted(set(values) - set(FIELDS))
+    if unknown:
+        raise ValueError(f"config: unknown field(s) {unknown}; known: {sorted(FIELDS)}")
+    if quick and not full:
+        values = {**QUICK, **values}   # explicit values win over the quick defaults
+    return Config(**values)
+
+
+def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
+    values = read_file(path) if path is not None else {}
+    if "name" not in values and path is not None:
+        values["name"] = Path(path).stem
+    return build_config(values, overrides)
+
+
+# `quick = true` (the README's main job): a few minutes on 2 CPU cores. The warm-ups
+# and the temperature schedule run 5x faster so that they end within the run;
+# `--full` (or `full = true`) ignores `quick` and runs Appendix D's schedule.
+QUICK = dict(n_train=20000, n_val=4000, epochs=10, eval_rows=500, iwae_k=50, snr_samples=20,
+             warmup_step=1e-3, warmup_delay=300, tau_decay=0.9975, fista_warmup_step=5e-4,
+             fista_max_iter=200)

@@ -1,0 +1,15 @@
+"""Table 1 row: the Thresholded Laplacian (the paper's method): Laplace base, shifted soft-
+threshold lam0 (0.25 in Appendix D gives ~10% non-zeros).
+"""
+
+from __future__ import annotations
+
+from .thresholded import ThresholdSamplePrior
+
+
+class ThresholdedLaplacian(ThresholdSamplePrior):
+    name = "thresholded_laplacian"
+    base = "laplace"
+
+    def __init__(self, latent_dim: int, *, threshold: float = 0.25, **options):
+        super().__init__(latent_dim, threshold=threshold, **options)

@@ -1,0 +1,384 @@
+"""Linear-generator training (section 4.1, Algorithm 1, Appendix D) on the fused ops.
+
+Variational methods: the inference network's heads go through the prior's sampler
+(``vsc_kernels.threshold_sample`` for the Laplace/Gaussian families), the ``J``
+samples through ``vsc_kernels.linear_elbo`` (max/avg/IWAE selection, eqs. 7, 9)
+and the dictionary gets the Frobenius penalty of eq. (11). FISTA: codes from
+``vsc_kernels.fista`` with a warmed-up ``lambda`` (objective 10), then the same
+fused reconstruction loss for the dictionary.
+
+A run directory holds ``config.json`` (resolved), ``metrics.jsonl`` (one line per
+epoch), ``checkpoint.pt`` (written atomically at every epoch end and every
+``checkpoint_minutes`` within an epoch, with all RNG states: a killed run resumes
+exactly where its last checkpoint left it), ``dictionary.png`` (Figure 3),
+``summary.json`` and, for variational methods, ``jaccard.png`` (Figure 5).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import vsc_kernels
+
+from . import metrics, plots
+from .config import Config
+from .data import load_patches
+from .models import InferenceNetwork, LinearGenerator, patch_side
+from .priors import make_prior
+
+CHECKPOINT = "checkpoint.pt"
+
+
+# --------------------------------------------------------------------------------------
+# Files written atomically
+# --------------------------------------------------------------------------------------
+
+def _atomic_write(path: Path, write) -> None:
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def write_json(path: Path, value) -> None:
+    _atomic_write(path, lambda h: h.write((json.dumps(value, indent=2) + "\n").encode()))
+
+
+def write_jsonl(path: Path, records: list[dict]) -> None:
+    _atomic_write(path, lambda h: h.write("".join(json.dumps(r) + "\n" for r in records).encode()))
+
+
+def _rng_state(device: torch.device) -> dict:
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
+             "python": random.getstate()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _set_rng_state(state: dict, device: torch.device) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+# --------------------------------------------------------------------------------------
+# The trainer
+# --------------------------------------------------------------------------------------
+
+class Trainer:
+    """Builds the models from a :class:`Config`, trains, checkpoints, evaluates."""
+
+    def __init__(self, config: Config, out_dir: str | Path, *, progress: bool = True,
+                 checkpoint_minutes: float = 5.0):
+        self.config = config
+        self.out_dir = Path(out_dir)
+        self.progress = progress
+        self.checkpoint_seconds = checkpoint_minutes * 60
+        self.device = torch.device(config.device)
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError("config: device='cuda' but CUDA is not available")
+        self.patches = load_patches(config.data, n_train=config.n_train, n_val=config.n_val,
+                                    patch_size=config.patch_size, seed=config.seed,
+                                    cache_dir=config.cache_dir)
+        self.data_dim = self.patches.train.shape[1]
+        patch_side(self.data_dim)
+        self.train_x = self.patches.train.to(self.device)
+        self.val_x = self.patches.val.to(self.device)
+
+        torch.manual_seed(config.seed)
+        np.random.seed(config.seed % 2**32)
+        random.seed(config.seed)
+        self.variational = config.method == "variational"
+        self.prior = (make_prior(config.prior, config.latent_dim, **config.prior_options())
+                      if self.variational else None)
+        self.generator = LinearGenerator(self.data_dim, config.latent_dim).to(self.device)
+        self.optimizers = {"dictionary": torch.optim.SGD(self.generator.parameters(),
+                                                         lr=config.lr_dictionary)}
+        self.steps_per_epoch = math.ceil(config.n_train / config.batch_size)
+        self.schedulers = {"dictionary": torch.optim.lr_scheduler.ExponentialLR(
+            self.optimizers["dictionary"], gamma=config.lr_decay)}
+        self.encoder = None
+        if self.variational:
+            self.encoder = InferenceNetwork(self.data_dim, config.latent_dim,
+                                            self.prior.heads).to(self.device)
+            self.optimizers["encoder"] = torch.optim.SGD(
+                self.encoder.parameters(), lr=config.lr_encoder, momentum=config.momentum,
+                nesterov=True)
+            self.schedulers["encoder"] = torch.optim.lr_scheduler.OneCycleLR(
+                self.optimizers["encoder"], max_lr=config.lr_encoder,
+                total_steps=config.epochs * self.steps_per_epoch)
+        self.step = 0
+        self.epoch = 0
+        self.batch_in_epoch = 0
+        self.accumulator = {"loss": 0.0, "nonzero": 0.0, "batches": 0}
+        self.history: list[dict] = []
+
+    # -- one step ----------------------------------------------------------------------
+    def fista_lambda(self, step: int) -> float:
+        c = self.config
+        warm = min(1.0, c.fista_warmup_start + c.fista_warmup_step * step)
+        return warm * c.fista_lambda
+
+    def infer_fista(self, x: torch.Tensor, lam: float) -> torch.Tensor:
+        """MAP codes for objective (10) ``||x - Az||^2 + lam ||z||_1``: FISTA solves
+        ``0.5 ||x - Az||^2 + (lam / 2) ||z||_1``, the same minimizer."""
+        c = self.config
+        return vsc_kernels.fista(x, self.generator.A.detach(), lam / 2, max_iter=c.fista_max_iter,
+                                 tol=c.fista_tol).codes
+
+    def loss(self, x: torch.Tensor, step: int, num_samples: int | None = None):
+        """Training objective (eq. 11) and the sampled codes."""
+        c = self.config
+        A = self.generator.A
+        if self.variational:
+            params = self.encoder(x)
+            sample = self.prior.sample(params, num_samples or c.num_samples, step)
+            result = vsc_kernels.linear_elbo(x, sample.z, A, sample.kl, beta=c.beta,
+                                             method=c.sampling, recon=c.recon)
+            codes = sample.z
+        else:
+            codes = self.infer_fista(x, self.fista_lambda(step))[:, None, :]
+            result = vsc_kernels.linear_elbo(x, codes, A, recon=c.recon)
+        loss = result.loss + c.frobenius_weight * self.generator.frobenius_penalty()
+        return loss, codes
+
+    def train_step(self, x: torch.Tensor) -> tuple[float, float]:
+        for optimizer in self.optimizers.values():
+            optimizer.zero_grad(set_to_none=True)
+        loss, codes = self.loss(x, self.step)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"loss is {loss.item()} at step {self.step} "
+                                     "(the subgradient estimator is known to diverge: Table 2)")
+        loss.backward()
+        for optimizer in self.optimizers.values():
+            optimizer.step()
+        if "encoder" in self.schedulers:
+            self.schedulers["encoder"].step()
+        self.step += 1
+        return loss.item(), metrics.percent_nonzero(codes)
+
+    # -- checkpoints -------------------------------------------------------------------
+    def state(self) -> dict:
+        return {
+            "config": self.config.to_dict(),
+            "step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
+            "accumulator": dict(self.accumulator), "history": list(self.history),
+            "generator": self.generator.state_dict(),
+            "encoder": self.encoder.state_dict() if self.encoder is not None else None,
+            "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
+            "schedulers": {k: s.state_dict() for k, s in self.schedulers.items()},
+            "rng": _rng_state(self.device),
+        }
+
+    def save_checkpoint(self) -> None:
+        state = self.state()
+        _atomic_write(self.out_dir / CHECKPOINT, lambda h: torch.save(state, h))
+
+    def load_checkpoint(self, path: Path) -> None:
+        state = torch.load(path, map_location=self.device, weights_only=False)
+        saved = {k: v for k, v in state["config"].items() if k not in ("device", "epochs")}
+        current = {k: v for k, v in self.config.to_dict().items() if k not in ("device", "epochs")}
+        if saved != current:
+            changed = sorted(k for k in current if saved.get(k) != current[k])
+            raise ValueError(f"--resume: the checkpoint in {self.out_dir} was written with a "
+                             f"different config (fields {changed}); use a new --out")
+        self.step, self.epoch = state["step"], state["epoch"]
+        self.batch_in_epoch = state["batch_in_epoch"]
+        self.accumulator, self.history = state["accumulator"], state["history"]
+        self.generator.load_state_dict(state["generator"])
+        if self.encoder is not None:
+            self.encoder.load_state_dict(state["encoder"])
+        for key, optimizer in self.optimizers.items():
+            optimizer.load_state_dict(state["optimizers"][key])
+        for key, scheduler in self.schedulers.items():
+            scheduler.load_state_dict(state["schedulers"][key])
+        _set_rng_state(state["rng"], self.device)
+
+    # -- the loop ----------------------------------------------------------------------
+    def epoch_order(self, epoch: int) -> torch.Tensor:
+        """The data order of an epoch depends only on (seed, epoch), so resuming replays it."""
+        generator = torch.Generator().manual_seed(self.config.seed * 100003 + epoch)
+        return torch.randperm(self.config.n_train, generator=generator).to(self.device)
+
+    def fit(self, *, resume: bool = False, stop_after_steps: int | None = None) -> dict:
+        """Train to ``config.epochs`` and evaluate. ``stop_after_steps`` (tests) stops as a
+        kill would, right after the checkpoint that follows that many steps."""
+        c = self.config
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        checkpoint = self.out_dir / CHECKPOINT
+        if resume and checkpoint.exists():
+            self.load_checkpoint(checkpoint)
+        elif checkpoint.exists():
+            raise FileExistsError(f"{self.out_dir} already holds a run; pass --resume to "
+                                  "continue it or choose another --out")
+        write_json(self.out_dir / "config.json", c.to_dict())
+        write_jsonl(self.out_dir / "metrics.jsonl", self.history)
+        last_save = time.monotonic()
+        while self.epoch < c.epochs:
+            order = self.epoch_order(self.epoch)
+            started = time.monotonic()
+            bar = None
+            if self.progress:
+                from tqdm import tqdm
+                bar = tqdm(total=self.steps_per_epoch, initial=self.batch_in_epoch,
+                           desc=f"epoch {self.epoch + 1}/{c.epochs}", leave=False)
+            while self.batch_in_epoch < self.steps_per_epoch:
+                start = self.batch_in_epoch * c.batch_size
+                x = self.train_x[order[start:start + c.batch_size]]
+                loss, nonzero = self.train_step(x)
+                self.batch_in_epoch += 1
+                acc = self.accumulator
+                acc["loss"] += loss
+                acc["nonzero"] += nonzero
+                acc["batches"] += 1
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{acc['loss'] / acc['batches']:.4g}",
+                                    nonzero=f"{acc['nonzero'] / acc['batches']:.1f}%")
+                stop = stop_after_steps is not None and self.step >= stop_after_steps
+                if stop or time.monotonic() - last_save > self.checkpoint_seconds:
+                    self.save_checkpoint()
+                    last_save = time.monotonic()
+                if stop:
+                    if bar is not None:
+                        bar.close()
+                    return {"stopped_at_step": self.step}
+            if bar is not None:
+                bar.close()
+            self.schedulers["dictionary"].step()
+            record = self.epoch_record(time.monotonic() - started)
+            self.history.append(record)
+            self.epoch += 1
+            self.batch_in_epoch = 0
+            self.accumulator = {"loss": 0.0, "nonzero": 0.0, "batches": 0}
+            self.save_checkpoint()
+            last_save = time.monotonic()
+            write_jsonl(self.out_dir / "metrics.jsonl", self.history)
+            if self.progress:
+                print(json.dumps(record), flush=True)
+        return self.finish()
+
+    @torch.no_grad()
+    def infer_codes(self, x: torch.Tensor, num_samples: int = 1) -> torch.Tensor:
+        """Codes each method infers: one posterior sample per input (``(N, d)``), or
+        ``(N, J, d)`` for ``num_samples > 1``; FISTA's MAP codes at the full lambda."""
+        if not self.variational:
+            return self.infer_fista(x, self.config.fista_lambda)
+        chunks = []
+        for part in torch.split(x, 4096):
+            z = self.prior.sample(self.encoder(part), num_samples, self.step).z
+            chunks.append(z[:, 0] if num_samples == 1 else z)
+        return torch.cat(chunks)
+
+    def epoch_record(self, seconds: float) -> dict:
+        c = self.config
+        acc = self.accumulator
+        val = self.val_x[:c.eval_rows]
+        codes = self.infer_codes(val)
+        A = self.generator.A.detach()
+        return {
+            "epoch": self.epoch + 1, "step": self.step,
+            "train_loss": acc["loss"] / max(acc["batches"], 1),
+            "train_pct_nonzero": acc["nonzero"] / max(acc["batches"], 1),
+            "val_loss": metrics.sparse_coding_objective(val, A, codes, c.val_lambda),
+            "val_pct_nonzero": metrics.percent_nonzero(codes),
+            "lr_dictionary": self.optimizers["dictionary"].param_groups[0]["lr"],
+            "seconds": seconds,
+        }
+
+    # -- final evaluation (section 4.1, Appendix C) --------------------------------------
+    def finish(self) -> dict:
+        summary = self.evaluate()
+        write_json(self.out_dir / "summary.json", summary)
+        return summary
+
+    def evaluate(self) -> dict:
+        c = self.config
+        A = self.generator.A.detach()
+        val = self.val_x
+        subset = val[:c.eval_rows]
+        codes = self.infer_codes(val)
+        fista_codes = self.infer_fista(val, c.val_lambda)
+        side = patch_side(self.data_dim)
+        plots.plot_dictionary(A.cpu(), self.out_dir / "dictionary.png", patch_shape=(side, side))
+        if self.history:
+            plots.plot_metric_curves(self.history, ["train_loss", "val_loss", "val_pct_nonzero"],
+                                     self.out_dir / "curves.png")
+        summary = {
+            "name": c.name, "method": c.method,
+            "prior": c.prior if self.variational else "fista",
+            "sampling": c.sampling, "num_samples": c.num_samples, "seed": c.seed,
+            "learn_threshold": c.learn_threshold, "estimator": c.estimator,
+            "epochs": self.epoch, "steps": self.step,
+            "val_loss": metrics.sparse_coding_objective(val, A, codes, c.val_lambda),
+            "val_loss_fista_codes": metrics.sparse_coding_objective(val, A, fista_codes,
+                                                                    c.val_lambda),
+            "pct_nonzero": metrics.percent_nonzero(codes),
+            "multi_information": metrics.multi_information(codes[:c.eval_rows]),
+            "feature_collapse_pct": metrics.feature_collapse(codes[:c.eval_rows]),
+            "device": str(self.device),
+        }
+        if self.variational:
+            with torch.no_grad():
+                params = self.encoder(subset)
+                summary["posterior_collapse_pct"] = metrics.posterior_collapse(
+                    self.prior.kl_per_dim(params))
+                summary["iwae_loss"] = self.iwae_loss(subset)
+                passes = self.infer_codes(subset, num_samples=c.jaccard_passes)
+            jaccard = metrics.pairwise_jaccard(passes, metrics.active_atoms(A))
+            summary["jaccard_mean"] = float(jaccard.mean())
+            plots.plot_jaccard_histogram({f"{c.prior} ({c.sampling}, J={c.num_samples})":
+                                          jaccard.cpu().numpy()}, self.out_dir / "jaccard.png")
+            summary.update(self.gradient_snr(subset[:c.batch_size]))
+        return summary
+
+    @torch.no_grad()
+    def iwae_loss(self, x: torch.Tensor) -> float:
+        """IWAE bound with ``K = iwae_k`` (Burda et al. 2016): ``log w = log p(x | z) +
+        log p(z) - log q(z | x)`` with ``log p(x | z) = -||x - Az||^2 - (D/2) log pi``
+        (eq. 12 as a Gaussian of variance 1/2), in nats per input."""
+        c = self.config
+        A = self.generator.A.detach()
+        log_weights = []
+        for part in torch.split(x, max(1, 2**20 // (c.iwae_k * self.data_dim))):
+            sample = self.prior.log_density_sample(self.encoder(part), c.iwae_k, self.step)
+            residual = part[:, None, :] - sample.z @ A.T
+            log_lik = -residual.square().sum(-1) - 0.5 * self.data_dim * math.log(math.pi)
+            log_weights.append(log_lik + sample.log_prior_ratio)
+        return metrics.iwae_bound(torch.cat(log_weights))
+
+    def gradient_snr(self, x: torch.Tensor) -> dict:
+        """Gradient SNR (Rainforth et al. 2018) of the inference network and the
+        dictionary on one validation batch, over ``snr_samples`` noise draws."""
+        groups = {"encoder": list(self.encoder.parameters()),
+                  "dictionary": list(self.generator.parameters())}
+        snr = metrics.gradient_snr(lambda: self.loss(x, self.step)[0], groups,
+                                   self.config.snr_samples)
+        return {f"snr_{name}": value for name, value in snr.items()}
+
+
+def train(config: Config, out_dir: str | Path, *, resume: bool = False, progress: bool = True,
+          checkpoint_minutes: float = 5.0) -> dict:
+    """Train one run into ``out_dir`` (see the module docstring) and return its summary."""
+    trainer = Trainer(config, out_dir, progress=progress, checkpoint_minutes=checkpoint_minutes)
+    return trainer.fit(resume=resume)
