@@ -372,8 +372,10 @@ class Trainer:
         dictionary on one validation batch, over ``snr_samples`` noise draws."""
         groups = {"encoder": list(self.encoder.parameters()),
                   "dictionary": list(self.generator.parameters())}
+        # zero_std="exclude": a parameter whose gradient never varies (an atom no code
+        # uses gets only 2 kappa a_i) has no SNR; clamping its std would swamp the mean.
         snr = metrics.gradient_snr(lambda: self.loss(x, self.step)[0], groups,
-                                   self.config.snr_samples)
+                                   self.config.snr_samples, zero_std="exclude")
         return {f"snr_{name}": value for name, value in snr.items()}
 
 
