@@ -351,6 +351,20 @@ def test_bad_arguments(overrides, error, match):
 # --------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("backend", BACKENDS)
+def test_custom_ops_pass_opcheck(backend):
+    """Schema, fake kernels, autograd registration and AOT dispatch of both custom ops."""
+    from vsc_kernels.elbo_select import _elbo_select_backward_op, _elbo_select_op
+
+    device = _device(backend)
+    x, x_hat, kl = _problem(5, 3, (7,), torch.float32, device, "sample", seed=15)
+    inputs = [t.requires_grad_() for t in (x, x_hat, kl)]
+    torch.library.opcheck(_elbo_select_op, (*inputs, 0.5, "iwae", "sum", backend))
+    grad = torch.rand(5, 3, device=device)
+    torch.library.opcheck(_elbo_select_backward_op,
+                          (grad, x.detach(), x_hat.detach().bfloat16(), True, backend))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_torch_compile_fullgraph(backend):
     device = _device(backend)
     torch._dynamo.reset()
