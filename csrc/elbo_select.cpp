@@ -126,7 +126,9 @@ void backward_kernel(const T* g, const at::Tensor& xc, const at::Tensor& xh, at:
             acc[f] += v;
           }
         } else {
-          for (int64_t f = 0; f < n; ++f) o[f] = static_cast<S>(two_g * (static_cast<T>(hr[f]) - xr[f]));
+          for (int64_t f = 0; f < n; ++f) {
+            o[f] = static_cast<S>(two_g * (static_cast<T>(hr[f]) - xr[f]));
+          }
         }
       }
       if (grad_x) {
@@ -168,7 +170,8 @@ std::tuple<at::Tensor, std::optional<at::Tensor>> elbo_select_backward(
   TORCH_CHECK(grad_sq_err.dim() == 2 && grad_sq_err.size(0) == B && grad_sq_err.size(1) == J,
               "elbo_select: grad_sq_err must have shape (B, J) = (", B, ", ", J, "), got ",
               grad_sq_err.sizes());
-  at::Tensor grad_xh = at::empty({B, J, F}, x_hat.options().memory_format(at::MemoryFormat::Contiguous));
+  at::Tensor grad_xh =
+      at::empty({B, J, F}, x_hat.options().memory_format(at::MemoryFormat::Contiguous));
   at::Tensor grad_xc;
   if (need_x) grad_xc = at::empty({B, F}, x.options().dtype(compute));
   if (B > 0 && F > 0) {
@@ -187,7 +190,9 @@ std::tuple<at::Tensor, std::optional<at::Tensor>> elbo_select_backward(
     });
   }
   std::optional<at::Tensor> grad_x;
-  if (need_x) grad_x = grad_xc.scalar_type() == x.scalar_type() ? grad_xc : grad_xc.to(x.scalar_type());
+  if (need_x) {
+    grad_x = grad_xc.scalar_type() == x.scalar_type() ? grad_xc : grad_xc.to(x.scalar_type());
+  }
   return {grad_xh, grad_x};
 }
 
