@@ -4,6 +4,7 @@
 // the whole C++ frontend that torch/extension.h also pulls in (faster build).
 #include <torch/python.h>
 
+#include "elbo_select.h"
 #include "fista.h"
 #include "threshold_sample.h"
 
@@ -22,4 +23,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "batched FISTA from the Gram matrix: (codes, n_iter, converged)", py::arg("gram"),
         py::arg("c"), py::arg("lam"), py::arg("z0"), py::arg("lipschitz"), py::arg("max_iter"),
         py::arg("tol"), py::arg("nonneg"));
+  m.def("elbo_select_squared_error", &vsc::elbo_select_squared_error,
+        "elbo_select forward: E[b, j] = sum_f (x_hat[b, j, f] - x[b, f])^2", py::arg("x"),
+        py::arg("x_hat"));
+  m.def("elbo_select_backward", &vsc::elbo_select_backward,
+        "elbo_select backward: (grad_x_hat, grad_x or None)", py::arg("grad_sq_err"),
+        py::arg("x"), py::arg("x_hat"), py::arg("need_x"));
 }

@@ -7,15 +7,19 @@ Ops (each a ``torch.library`` custom op with autograd, traceable by ``torch.comp
   soft-threshold (eq. 2), straight-through backward (eq. 4), optional fused KL.
 * :func:`kl_divergence` -- per-element KL of the base distribution (Appendix B).
 * :func:`fista` -- batched FISTA (Beck & Teboulle 2009) for the lasso, per-row stopping.
+* :func:`elbo_select` -- per-sample ELBO of decoded samples (DNN generator) and the
+  max/avg/iwae selection over the J samples (section 3.3).
 
 Backends: ``reference`` (plain PyTorch), ``triton`` (CUDA), ``cpp`` (CPU, OpenMP);
 see :mod:`vsc_kernels._dispatch`.
 """
 
 from ._dispatch import BACKENDS, resolve_backend
+from ._elbo import ElboResult
+from .elbo_select import elbo_select
 from .fista import FistaResult, fista
 from .threshold_sample import kl_divergence, threshold_sample
 
 __all__ = ["threshold_sample", "kl_divergence", "fista", "FistaResult", "BACKENDS",
-           "resolve_backend"]
+           "resolve_backend", "elbo_select", "ElboResult"]
 __version__ = "0.1.0"
