@@ -5,6 +5,7 @@
 #include <torch/python.h>
 
 #include "fista.h"
+#include "sparse_decode.h"
 #include "threshold_sample.h"
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -22,4 +23,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "batched FISTA from the Gram matrix: (codes, n_iter, converged)", py::arg("gram"),
         py::arg("c"), py::arg("lam"), py::arg("z0"), py::arg("lipschitz"), py::arg("max_iter"),
         py::arg("tol"), py::arg("nonneg"));
+  m.def("csr_spmm", &vsc::csr_spmm,
+        "CSR x dense row-major product: out[r] = sum_k val[k] * dense[col[k]]", py::arg("crow"),
+        py::arg("col"), py::arg("val"), py::arg("dense"));
 }

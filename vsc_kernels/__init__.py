@@ -7,6 +7,7 @@ Ops (each a ``torch.library`` custom op with autograd, traceable by ``torch.comp
   soft-threshold (eq. 2), straight-through backward (eq. 4), optional fused KL.
 * :func:`kl_divergence` -- per-element KL of the base distribution (Appendix B).
 * :func:`fista` -- batched FISTA (Beck & Teboulle 2009) for the lasso, per-row stopping.
+* :func:`sparse_decode` -- ``z @ A^T`` skipping the zeros of thresholded codes.
 
 Backends: ``reference`` (plain PyTorch), ``triton`` (CUDA), ``cpp`` (CPU, OpenMP);
 see :mod:`vsc_kernels._dispatch`.
@@ -14,8 +15,10 @@ see :mod:`vsc_kernels._dispatch`.
 
 from ._dispatch import BACKENDS, resolve_backend
 from .fista import FistaResult, fista
+from .sparse_decode import sparse_decode
 from .threshold_sample import kl_divergence, threshold_sample
 
-__all__ = ["threshold_sample", "kl_divergence", "fista", "FistaResult", "BACKENDS",
+__all__ = ["threshold_sample", "kl_divergence", "fista", "FistaResult", "sparse_decode",
+           "BACKENDS",
            "resolve_backend"]
 __version__ = "0.1.0"
