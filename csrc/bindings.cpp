@@ -23,7 +23,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "batched FISTA from the Gram matrix: (codes, n_iter, converged)", py::arg("gram"),
         py::arg("c"), py::arg("lam"), py::arg("z0"), py::arg("lipschitz"), py::arg("max_iter"),
         py::arg("tol"), py::arg("nonneg"));
-  m.def("csr_spmm", &vsc::csr_spmm,
-        "CSR x dense row-major product: out[r] = sum_k val[k] * dense[col[k]]", py::arg("crow"),
-        py::arg("col"), py::arg("val"), py::arg("dense"));
+  m.def("sparse_decode_forward", &vsc::sparse_decode_forward,
+        "z @ At skipping the zeros of z (N, d); At (d, D)", py::arg("z"), py::arg("At"));
+  m.def("sparse_decode_grad_weight_t", &vsc::sparse_decode_grad_weight_t,
+        "z^T @ grad_out skipping the zeros of z (N, d); grad_out (N, D)", py::arg("z"),
+        py::arg("grad_out"));
 }

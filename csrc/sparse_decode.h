@@ -1,17 +1,19 @@
-// CPU kernel of sparse_decode: the backend contract of
-// vsc_kernels/sparse_decode/reference.py (csr_spmm).
+// CPU kernels of sparse_decode: the backend contract of
+// vsc_kernels/sparse_decode/reference.py (decode, grad_weight_t).
 #pragma once
 
 #include <ATen/ATen.h>
 
 namespace vsc {
 
-// CSR (crow (R + 1,) int64, col (nnz,) int64, val (nnz,)) times a dense row-major
-// matrix dense (K, Dn), val and dense of one float dtype:
-//   out[r, :] = sum_{k = crow[r]}^{crow[r+1]-1} val[k] * dense[col[k], :]
-// in float32 (float64 for float64 inputs), summed in the order of k; out (R, Dn) in
-// the inputs' dtype. No atomics: each output row belongs to one thread.
-at::Tensor csr_spmm(const at::Tensor& crow, const at::Tensor& col, const at::Tensor& val,
-                    const at::Tensor& dense);
+// out = z @ At for z (N, d) and At (d, D) of one float dtype, skipping z's zeros:
+//   out[n, :] = sum over k with z[n, k] != 0 (ascending) of z[n, k] * At[k, :]
+// in float32 (float64 for float64 inputs); out (N, D) in the inputs' dtype.
+at::Tensor sparse_decode_forward(const at::Tensor& z, const at::Tensor& At);
+
+// grad_A^T = z^T @ grad_out for z (N, d), grad_out (N, D) of one float dtype:
+//   out[k, :] = sum over n with z[n, k] != 0 (ascending) of z[n, k] * grad_out[n, :]
+// in float32 (float64 for float64 inputs); out (d, D) in the inputs' dtype.
+at::Tensor sparse_decode_grad_weight_t(const at::Tensor& z, const at::Tensor& grad_out);
 
 }  // namespace vsc

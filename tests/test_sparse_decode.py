@@ -159,11 +159,21 @@ def test_non_contiguous_inputs(backend, path):
     torch.testing.assert_close(A.grad.cpu().double(), flat_g.T @ flat_z, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("backend", KERNEL_BACKENDS)
-def test_csr_kernel_matches_reference_contract(backend):
+def test_csr_compression_order_and_values():
+    z = torch.tensor([[0.0, 2.0, 0.0, -1.0], [0.0, 0.0, 0.0, 0.0], [3.0, 0.0, 4.0, 5.0]])
+    crow, col, val = reference.compress(z, 5)
+    assert crow.tolist() == [0, 2, 2, 5]
+    assert col.tolist() == [1, 3, 0, 2, 3] and val.tolist() == [2.0, -1.0, 3.0, 4.0, 5.0]
+    crow, col, val = reference.compress(z.T, 5)     # the CSC of z: by column, then row
+    assert crow.tolist() == [0, 1, 2, 3, 5]
+    assert col.tolist() == [2, 0, 2, 0, 2] and val.tolist() == [3.0, 2.0, 4.0, -1.0, 5.0]
+
+
+@pytest.mark.parametrize("config", [None, dict(BLOCK_D=16, BLOCK_NZ=8, num_warps=1)])
+def test_triton_csr_kernel_matches_reference_contract(config):
     """The primitive alone: empty rows, a long row, rows longer than one non-zero block,
-    and (Triton) small blocks so that several column blocks and masked steps run."""
-    device = require_backend(backend)
+    and small blocks so that several column blocks and masked steps run."""
+    device = require_backend("triton")
     g = torch.Generator().manual_seed(9)
     counts = torch.tensor([0, 3, 0, 70, 1, 17, 0])
     crow = torch.cat([torch.zeros(1, dtype=torch.int64), counts.cumsum(0)])
@@ -171,22 +181,16 @@ def test_csr_kernel_matches_reference_contract(backend):
     col = torch.randint(0, 11, (nnz,), generator=g)
     val = torch.randn(nnz, generator=g)
     dense = torch.randn(11, 45, generator=g)
-    expected = reference.csr_spmm(crow, col, val, dense)
     exact = torch.zeros(7, 45, dtype=torch.float64)
     rows = torch.repeat_interleave(torch.arange(7), counts)
     exact.index_add_(0, rows, val.double()[:, None] * dense.double()[col])
-    torch.testing.assert_close(expected.double(), exact, atol=1e-5, rtol=1e-5)
-    args = [t.to(device) for t in (crow, col, val, dense)]
-    if backend == "cpp":
-        outs = [cpp_backend.csr_spmm(*args)]
-    else:
-        outs = [triton_kernels.csr_spmm(*args),
-                triton_kernels.csr_spmm(*args, _config=dict(BLOCK_D=16, BLOCK_NZ=8,
-                                                            num_warps=1))]
-    for out in outs:
-        assert out.shape == (7, 45) and out.dtype == torch.float32
-        torch.testing.assert_close(out.cpu().double(), exact, atol=1e-5, rtol=1e-5)
-        assert (out[counts == 0] == 0).all()
+    torch.testing.assert_close(reference.csr_spmm(crow, col, val, dense).double(), exact,
+                               atol=1e-5, rtol=1e-5)
+    out = triton_kernels.csr_spmm(*(t.to(device) for t in (crow, col, val, dense)),
+                                  _config=config)
+    assert out.shape == (7, 45) and out.dtype == torch.float32
+    torch.testing.assert_close(out.cpu().double(), exact, atol=1e-5, rtol=1e-5)
+    assert (out[counts == 0] == 0).all()
 
 
 @pytest.mark.parametrize("backend", KERNEL_BACKENDS)
@@ -211,13 +215,12 @@ def test_density_dispatch(backend, monkeypatch):
     device = require_backend(backend)
     module = cpp_backend if backend == "cpp" else triton_kernels
     calls = []
-    original = module.csr_spmm
+    for name in ("decode", "grad_weight_t"):
+        def counting(*args, _original=getattr(module, name), _name=name):
+            calls.append(_name)
+            return _original(*args)
 
-    def counting(*args, **kwargs):
-        calls.append(args[0].shape[0] - 1)
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(module, "csr_spmm", counting)
+        monkeypatch.setattr(module, name, counting)
     z = _codes((20, 10), 1.0, seed=11)
     z[:, 6:] = 0                                      # density exactly 0.6
     A = _dictionary(7, 10)
@@ -227,7 +230,7 @@ def test_density_dispatch(backend, monkeypatch):
         out = sparse_decode(zd, A.to(device).requires_grad_(), dense_above=dense_above,
                             backend=backend)
         out.sum().backward()
-        assert calls == ([20, 10] if runs_sparse else []), dense_above
+        assert calls == (["decode", "grad_weight_t"] if runs_sparse else []), dense_above
     calls.clear()
     sparse_decode(z.to(device), A.to(device), backend=backend)
     runs_sparse = 0.6 <= crossover_density(device.type, torch.float32)

@@ -6,13 +6,13 @@ product and the gradient of the dictionary ``A`` skip the zeros; the gradient of
 stays dense (``grad_out @ A``), because the straight-through estimator (eq. 4) passes
 it to every entry, zero or not.
 
-How: ``z``'s non-zeros are compressed to CSR with PyTorch ops, then one CSR x dense
-kernel (``reference.csr_spmm``'s contract; Triton on CUDA, C++ on the CPU) computes
-``out = CSR(z) @ A^T`` (each non-zero gathers one contiguous row of ``A^T``) and
-``grad_A^T = CSR(z^T) @ grad_out`` (the CSC of ``z``, in a fixed order): no atomics,
-deterministic. Counting the non-zeros is one host synchronisation per call (and one
-more in the backward); the density it gives picks the path: above ``dense_above`` the
-dense ``torch.matmul`` in the input dtype runs instead (:data:`CROSSOVER_DENSITY`).
+How: ``torch.count_nonzero(z)`` is read back (one host synchronisation per call, and
+one more in the backward) and the density picks the path: above ``dense_above`` the
+dense ``torch.matmul`` runs in the input dtype (:data:`CROSSOVER_DENSITY`). Else the
+backend skips the zeros (contract in ``reference.py``): Triton compresses ``z`` to CSR
+with torch ops and runs one CSR x dense kernel for ``out = CSR(z) @ A^T`` (each
+non-zero gathers one contiguous row of ``A^T``) and ``grad_A^T = CSR(z^T) @ grad_out``
+(the CSC of ``z``); the C++ kernels scan ``z`` directly. No atomics: deterministic.
 
 Layers (as in Liger-Kernel): ``reference.py`` (plain PyTorch, the oracle and the
 backend contract), ``triton_kernels.py`` (CUDA), ``cpp_backend.py`` -> ``csrc/`` (CPU),
@@ -63,34 +63,26 @@ def crossover_density(device_type: str, dtype: torch.dtype) -> float:
 
 
 # --------------------------------------------------------------------------------------
-# CSR compression and the dense fallback (shared by the kernel backends)
+# torch.library registration
 # --------------------------------------------------------------------------------------
 
-def _compress(m: torch.Tensor, dense_above: float):
-    """CSR ``(crow, col, val)`` of the 2-D ``m``'s non-zeros in row-major order, or
-    ``None`` when the dense path should run (``dense_above == 0``, or a density above
-    it). Reading the non-zero count is the one host synchronisation."""
+def _count_if_sparse(z: torch.Tensor, dense_above: float) -> int | None:
+    """``z``'s non-zero count when the sparse path runs (density <= dense_above), else
+    None. Reading the count back is the op's one host synchronisation."""
     if dense_above <= 0.0:
         return None
-    mask = m != 0
-    crow = torch.zeros((m.shape[0] + 1,), dtype=torch.int64, device=m.device)
-    torch.cumsum(mask.sum(1), 0, out=crow[1:])
-    nnz = int(crow[-1])
-    if nnz > dense_above * m.numel():
-        return None
-    index = torch.nonzero_static(mask, size=nnz)   # row-major order: deterministic
-    rows, col = index[:, 0], index[:, 1].contiguous()
-    return crow, col, m[rows, col]
+    nnz = int(torch.count_nonzero(z))
+    return nnz if nnz <= dense_above * z.numel() else None
 
 
 @torch.library.custom_op("vsc_kernels::sparse_decode", mutates_args=())
 def _sparse_decode_op(z: torch.Tensor, A: torch.Tensor, dense_above: float,
                       backend: str) -> torch.Tensor:
     """``z (N, d) @ A (D, d)^T``; ``z`` and ``A`` of one dtype."""
-    csr = _compress(z, dense_above)
-    if csr is None:
+    nnz = _count_if_sparse(z, dense_above)
+    if nnz is None:
         return torch.matmul(z, A.T)
-    return backend_module(_OP, backend).csr_spmm(*csr, A.T.contiguous())
+    return backend_module(_OP, backend).decode(z, A.T, nnz)
 
 
 @_sparse_decode_op.register_fake
@@ -101,11 +93,11 @@ def _(z, A, dense_above, backend):
 @torch.library.custom_op("vsc_kernels::sparse_decode_grad_weight", mutates_args=())
 def _grad_weight_op(grad_out: torch.Tensor, z: torch.Tensor, dense_above: float,
                     backend: str) -> torch.Tensor:
-    """``grad_A^T = z^T @ grad_out``, shape ``(d, D)``: the CSC of ``z`` times ``grad_out``."""
-    csc = _compress(z.T, dense_above)
-    if csc is None:
+    """``grad_A^T = z^T @ grad_out``, shape ``(d, D)``, skipping z's zeros."""
+    nnz = _count_if_sparse(z, dense_above)
+    if nnz is None:
         return torch.matmul(z.T, grad_out)
-    return backend_module(_OP, backend).csr_spmm(*csc, grad_out.contiguous())
+    return backend_module(_OP, backend).grad_weight_t(z, grad_out, nnz)
 
 
 @_grad_weight_op.register_fake

@@ -1,7 +1,8 @@
 """C++/OpenMP CPU backend of ``sparse_decode`` (``csrc/sparse_decode.cpp``).
 
-Same signature, return and semantics as the backend contract
-:func:`vsc_kernels.sparse_decode.reference.csr_spmm`. The dispatcher checks
+Same signatures, returns and semantics as the backend contract
+:func:`vsc_kernels.sparse_decode.reference.decode` / ``grad_weight_t``; the kernels scan
+``z`` directly (``nnz`` is not needed). The dispatcher checks
 :func:`vsc_kernels._extension.cpp_available` and falls back to the reference
 before calling into this module.
 """
@@ -18,7 +19,11 @@ def _extension():
     return ext
 
 
-def csr_spmm(crow, col, val, dense):
-    """Contract: ``crow (R + 1,)``, ``col (nnz,)`` int64, ``val (nnz,)`` and ``dense (K, Dn)``
-    of one float dtype; returns ``out (R, Dn)`` in that dtype."""
-    return _extension().csr_spmm(crow, col, val, dense)
+def decode(z, At, nnz):
+    """Contract: ``z (N, d) @ At (d, D)`` skipping z's zeros, in z's dtype."""
+    return _extension().sparse_decode_forward(z, At)
+
+
+def grad_weight_t(z, grad_out, nnz):
+    """Contract: ``z^T @ grad_out`` -> ``(d, D)`` skipping z's zeros, in z's dtype."""
+    return _extension().sparse_decode_grad_weight_t(z, grad_out)

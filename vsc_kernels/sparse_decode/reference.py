@@ -14,18 +14,26 @@ row-stacked codes ``z (..., d)``
 :func:`sparse_decode` is that, computed in the compute dtype (float32, or float64 for
 float64 inputs) and returned in the input dtype, differentiable by autograd.
 
-Backend contract (``csr_spmm``), implemented by the Triton and C++ kernels: one
-product of a CSR matrix by a dense row-major matrix,
+Backend contract, implemented by the Triton and C++ kernels (``nnz`` is the number of
+non-zeros of ``z``, counted once by the caller; the kernels skip the zeros):
+
+* ``decode(z, At, nnz)``: ``z (N, d) @ At (d, D)`` -> ``(N, D)``;
+* ``grad_weight_t(z, grad_out, nnz)``: ``z^T @ grad_out (N, D)`` -> ``(d, D)``, i.e.
+  ``grad_A^T``;
+
+inputs of one float dtype (any strides), outputs in that dtype, accumulated in the
+compute dtype, every sum in a fixed order (deterministic, no atomics). An exact zero
+of ``z`` contributes nothing, even against an inf or NaN (a dense product gives NaN).
+
+The Triton backend builds the CSR of ``z`` (and of ``z^T``, i.e. ``z``'s CSC) with
+:func:`compress` and runs one CSR x dense kernel with the contract of :func:`csr_spmm`,
 
     out[r, :] = sum_{k = crow[r]}^{crow[r+1]-1} val[k] * dense[col[k], :]
 
-with ``crow (R + 1,)`` int64 (``crow[0] = 0``, non-decreasing), ``col (nnz,)`` int64 in
-``[0, K)``, ``val (nnz,)`` and ``dense (K, Dn)`` contiguous in one float dtype;
-``out (R, Dn)`` in that dtype, accumulated in the compute dtype in the order of ``k``
-(no atomics: deterministic). The forward uses it with the CSR of ``z`` and
-``dense = A^T`` (each non-zero gathers one contiguous row of ``A^T``); the gradient of
-``A`` with the CSR of ``z^T`` (the CSC of ``z``) and ``dense = grad_out``, giving
-``grad_A^T``.
+for ``crow (R + 1,)`` int64, ``col (nnz,)`` int64, ``val (nnz,)`` and a dense row-major
+``dense (K, Dn)``: with ``dense = A^T`` each non-zero gathers one contiguous row of
+``A^T``; with the CSR of ``z^T`` and ``dense = grad_out`` it gives ``grad_A^T``. The C++
+backend scans ``z`` directly (no compression).
 """
 
 from __future__ import annotations
@@ -39,6 +47,29 @@ def sparse_decode(z: torch.Tensor, A: torch.Tensor) -> torch.Tensor:
     """``z @ A^T`` in the compute dtype, returned in ``z``'s dtype (the oracle)."""
     work = compute_dtype(z.dtype)
     return (z.to(work) @ A.to(work).T).to(z.dtype)
+
+
+def decode(z: torch.Tensor, At: torch.Tensor, nnz: int) -> torch.Tensor:
+    """The contract's ``z @ At`` (dense here: the zeros add nothing)."""
+    work = compute_dtype(z.dtype)
+    return (z.to(work) @ At.to(work)).to(z.dtype)
+
+
+def grad_weight_t(z: torch.Tensor, grad_out: torch.Tensor, nnz: int) -> torch.Tensor:
+    """The contract's ``z^T @ grad_out`` (``grad_A^T``)."""
+    work = compute_dtype(z.dtype)
+    return (z.T.to(work) @ grad_out.to(work)).to(z.dtype)
+
+
+def compress(m: torch.Tensor, nnz: int):
+    """CSR ``(crow, col, val)`` of the 2-D ``m`` with ``nnz`` non-zeros, in row-major
+    order (deterministic), without a host synchronisation (``nnz`` is given)."""
+    mask = m != 0
+    crow = torch.zeros((m.shape[0] + 1,), dtype=torch.int64, device=m.device)
+    torch.cumsum(torch.count_nonzero(m, dim=1), 0, out=crow[1:])
+    index = torch.nonzero_static(mask, size=nnz)
+    rows, col = index[:, 0], index[:, 1].contiguous()
+    return crow, col, m[rows, col]
 
 
 def csr_spmm(crow: torch.Tensor, col: torch.Tensor, val: torch.Tensor,

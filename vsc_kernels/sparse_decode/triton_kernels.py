@@ -1,8 +1,10 @@
 """Triton backend of ``sparse_decode`` (CUDA; CPU tensors under ``TRITON_INTERPRET=1``).
 
-Implements the backend contract :func:`vsc_kernels.sparse_decode.reference.csr_spmm`,
-``out[r, :] = sum_k val[k] * dense[col[k], :]`` for a CSR matrix times a dense row-major
-one, with one kernel: the grid is ``(R, cdiv(Dn, BLOCK_D))``; a program owns one output
+Implements the backend contract of :mod:`vsc_kernels.sparse_decode.reference`
+(``decode``, ``grad_weight_t``): ``z``'s CSR (for ``decode``) or CSC (for
+``grad_weight_t``) is built with :func:`reference.compress` (torch ops, no host sync:
+``nnz`` is given), then one kernel with the contract of :func:`reference.csr_spmm`,
+``out[r, :] = sum_k val[k] * dense[col[k], :]``, computes the product: the grid is ``(R, cdiv(Dn, BLOCK_D))``; a program owns one output
 row's ``BLOCK_D`` columns, walks the row's non-zeros ``BLOCK_NZ`` at a time (one
 ``[BLOCK_NZ, BLOCK_D]`` gather of ``dense`` rows, each a contiguous segment, so the loads
 vectorize along the columns), and accumulates in float32 (float64 for float64 inputs)
@@ -20,6 +22,8 @@ import os
 import torch
 import triton
 import triton.language as tl
+
+from .reference import compress
 
 
 @triton.jit(do_not_specialize=["Dn"])
@@ -94,3 +98,13 @@ def csr_spmm(crow, col, val, dense, *, _config: dict | None = None):
         _csr_spmm_kernel[grid](crow.contiguous(), col.contiguous(), val.contiguous(),
                                dense.contiguous(), out, Dn, ACC_DTYPE=acc, **config)
     return out
+
+
+def decode(z, At, nnz):
+    """Contract: ``z (N, d) @ At (d, D)`` -> ``(N, D)`` in z's dtype, over z's CSR."""
+    return csr_spmm(*compress(z, int(nnz)), At.contiguous())
+
+
+def grad_weight_t(z, grad_out, nnz):
+    """Contract: ``z^T @ grad_out`` -> ``(d, D)`` in z's dtype, over the CSR of ``z^T``."""
+    return csr_spmm(*compress(z.T, int(nnz)), grad_out.contiguous())
