@@ -140,11 +140,12 @@ void forward(const z_t* z, const T* At, int64_t N, int64_t d, int64_t D, z_t* ou
 template <typename z_t, typename T>
 void grad_weight_t(const z_t* z, const T* grad_out, int64_t N, int64_t d, int64_t D,
                    z_t* out) {
-  // Output rows per block: about 128 KB of accumulators, and at least 4 blocks per
-  // thread when d allows it.
+  // Output rows per block: every block streams all of grad_out once, so blocks are
+  // large: one per thread, at most 4 MB of accumulators (they live in L2/L3).
   const int64_t threads = std::max<int64_t>(1, at::get_num_threads());
-  const int64_t by_cache = std::max<int64_t>(1, (int64_t{128} << 10) / (sizeof(T) * std::max<int64_t>(D, 1)));
-  const int64_t by_threads = std::max<int64_t>(1, d / (4 * threads));
+  const int64_t by_cache =
+      std::max<int64_t>(1, (int64_t{4} << 20) / (sizeof(T) * std::max<int64_t>(D, 1)));
+  const int64_t by_threads = (d + threads - 1) / threads;
   const int64_t block = std::min(by_cache, by_threads);
   const int64_t n_blocks = (d + block - 1) / block;
   at::parallel_for(0, n_blocks, 1, [&](int64_t b_begin, int64_t b_end) {
