@@ -67,7 +67,10 @@ def compress(m: torch.Tensor, nnz: int):
     mask = m != 0
     crow = torch.zeros((m.shape[0] + 1,), dtype=torch.int64, device=m.device)
     torch.cumsum(torch.count_nonzero(m, dim=1), 0, out=crow[1:])
-    index = torch.nonzero_static(mask, size=nnz)
+    try:
+        index = torch.nonzero_static(mask, size=nnz)
+    except NotImplementedError:   # a device without nonzero_static: one more sync
+        index = torch.nonzero(mask)
     rows, col = index[:, 0], index[:, 1].contiguous()
     return crow, col, m[rows, col]
 
