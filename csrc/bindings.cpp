@@ -6,6 +6,7 @@
 
 #include "elbo_select.h"
 #include "fista.h"
+#include "sparse_decode.h"
 #include "threshold_sample.h"
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -29,4 +30,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("elbo_select_backward", &vsc::elbo_select_backward,
         "elbo_select backward: (grad_x_hat, grad_x or None)", py::arg("grad_sq_err"),
         py::arg("x"), py::arg("x_hat"), py::arg("need_x"));
+  m.def("sparse_decode_forward", &vsc::sparse_decode_forward,
+        "z @ At skipping the zeros of z (N, d); At (d, D)", py::arg("z"), py::arg("At"));
+  m.def("sparse_decode_grad_weight_t", &vsc::sparse_decode_grad_weight_t,
+        "z^T @ grad_out skipping the zeros of z (N, d); grad_out (N, D)", py::arg("z"),
+        py::arg("grad_out"));
 }

@@ -9,6 +9,7 @@ Ops (each a ``torch.library`` custom op with autograd, traceable by ``torch.comp
 * :func:`fista` -- batched FISTA (Beck & Teboulle 2009) for the lasso, per-row stopping.
 * :func:`elbo_select` -- per-sample ELBO of decoded samples (DNN generator) and the
   max/avg/iwae selection over the J samples (section 3.3).
+* :func:`sparse_decode` -- ``z @ A^T`` skipping the zeros of thresholded codes.
 
 Backends: ``reference`` (plain PyTorch), ``triton`` (CUDA), ``cpp`` (CPU, OpenMP);
 see :mod:`vsc_kernels._dispatch`.
@@ -18,8 +19,9 @@ from ._dispatch import BACKENDS, resolve_backend
 from ._elbo import ElboResult
 from .elbo_select import elbo_select
 from .fista import FistaResult, fista
+from .sparse_decode import sparse_decode
 from .threshold_sample import kl_divergence, threshold_sample
 
-__all__ = ["threshold_sample", "kl_divergence", "fista", "FistaResult", "BACKENDS",
-           "resolve_backend", "elbo_select", "ElboResult"]
+__all__ = ["threshold_sample", "kl_divergence", "fista", "FistaResult", "elbo_select",
+           "ElboResult", "sparse_decode", "BACKENDS", "resolve_backend"]
 __version__ = "0.1.0"
