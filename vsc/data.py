@@ -418,6 +418,7 @@ def _atomic_savez(path: Path, **arrays) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             np.savez(f, **arrays)
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; a cache entry is ordinary data
         os.replace(tmp, path)
     except BaseException:
         try:
