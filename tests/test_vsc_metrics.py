@@ -391,6 +391,8 @@ def test_active_atoms():
     A[1, 2] = math.sqrt(0.2)
     assert M.active_atoms(A).tolist() == [False, False, True]
     assert M.active_atoms(A, threshold=0.01).tolist() == [True, True, True]
+    B = torch.tensor([[0.5, 0.5], [0.0, 0.01]])    # squared norms exactly 0.25 and 0.2501
+    assert M.active_atoms(B, threshold=0.25).tolist() == [False, True]  # strict >
     with pytest.raises(ValueError, match="^threshold"):
         M.active_atoms(A, threshold=-1.0)
 
