@@ -102,7 +102,8 @@ def test_multi_information_single_coordinate_is_zero():
 def test_multi_information_identical_copies():
     # three levels {-1, 0, 1} with equal counts: H = ln 3; 3 copies -> 2 ln 3
     v = torch.tensor([-1.0, 0.0, 1.0]).repeat(100)[:, None]
-    assert M.multi_information(v.repeat(1, 3), bins=4) == pytest.approx(2 * math.log(3), rel=1e-12)
+    mi = M.multi_information(v.repeat(1, 3), bins=4)
+    assert mi == pytest.approx(2 * math.log(3), rel=1e-12)
     # a continuous sparse variable: (d - 1) * plug-in H(marginal), marginal from numpy
     g = torch.Generator().manual_seed(2)
     torch.manual_seed(2)
@@ -181,7 +182,8 @@ def test_iwae_constant_weights_and_k1():
     lw = torch.full((4, 200), -3.25)
     assert M.iwae_bound(lw) == pytest.approx(3.25, abs=1e-12)
     lw1 = torch.tensor([[0.5], [-2.0]])
-    assert torch.allclose(M.iwae_bound(lw1, reduction="none"), torch.tensor([-0.5, 2.0], dtype=torch.float64))
+    expected = torch.tensor([-0.5, 2.0], dtype=torch.float64)
+    assert torch.allclose(M.iwae_bound(lw1, reduction="none"), expected)
 
 
 def test_iwae_matches_numpy_and_jensen():
@@ -419,7 +421,8 @@ def _check_png(path):
 def test_plot_dictionary_order_and_png(tmp_path):
     g = torch.Generator().manual_seed(11)
     A = torch.zeros(16, 6)  # exact norms 0.5, 3, 0, 2, 1, 0.5: one entry per column, signs mixed
-    A[torch.randperm(16, generator=g)[:6], torch.arange(6)] = torch.tensor([0.5, -3.0, 0.0, 2.0, -1.0, 0.5])
+    rows = torch.randperm(16, generator=g)[:6]
+    A[rows, torch.arange(6)] = torch.tensor([0.5, -3.0, 0.0, 2.0, -1.0, 0.5])
     order = P.plot_dictionary(A, tmp_path / "dict.png", patch_shape=(4, 4), ncols=4)
     _check_png(tmp_path / "dict.png")
     assert order.tolist() == [1, 3, 4, 0, 5, 2]  # descending norm, ties in index order
