@@ -5,6 +5,7 @@
 #include <torch/python.h>
 
 #include "fista.h"
+#include "linear_elbo.h"
 #include "threshold_sample.h"
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -22,4 +23,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "batched FISTA from the Gram matrix: (codes, n_iter, converged)", py::arg("gram"),
         py::arg("c"), py::arg("lam"), py::arg("z0"), py::arg("lipschitz"), py::arg("max_iter"),
         py::arg("tol"), py::arg("nonneg"));
+  m.def("linear_elbo_squared_error", &vsc::linear_elbo_squared_error,
+        "linear_elbo forward: E (B, J) = ||x_b - A z_bj||^2", py::arg("x"), py::arg("z"),
+        py::arg("A"));
 }
