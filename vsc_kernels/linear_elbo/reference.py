@@ -58,7 +58,8 @@ def linear_elbo(x, z, A, kl, beta: float, method: str, recon: str):
     E = squared_error(x, z, A)
     per_sample = _elbo.per_sample_loss(E, kl, beta, _elbo.recon_scale(recon, x.shape[1]))
     row_loss, index, weights = _elbo.select_samples(per_sample, method)
-    loss = _elbo.mean_over_rows(row_loss)
+    # An empty batch's loss is 0, still attached to the graph (zero gradients).
+    loss = _elbo.mean_over_rows(row_loss) if row_loss.numel() else per_sample.sum()
     return loss, per_sample.detach(), index, weights.detach()
 
 
