@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.utils._pytree as pytree
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import vsc_kernels
 from vsc_kernels import linear_elbo
@@ -225,7 +227,7 @@ def test_mixed_dtypes_promote(backend):
 @pytest.mark.parametrize("method", METHODS)
 def test_gradcheck_float64(backend, method):
     device = _device(backend)
-    x, z, A, kl = _problem(B=3, J=3, d=4, D=5, kl_kind="sample", seed=2, dtype=torch.float64,
+    x, z, A, kl = _problem(B=2, J=3, d=3, D=4, kl_kind="sample", seed=2, dtype=torch.float64,
                            zero_rows=())
     inputs = [t.to(device, copy=True).requires_grad_() for t in (x, z, A, kl)]
 
@@ -237,18 +239,22 @@ def test_gradcheck_float64(backend, method):
 
 
 def test_backward_contract_in_chunks(monkeypatch):
-    """The shared backward: several blocks of rows (one with a remainder) give the same
-    gradients as one block; with an index only the selected residuals are used."""
+    """The shared backward: blocks of rows (one with a remainder), blocks of samples of a
+    row, one sample at a time and one block all give the autograd gradients; with an
+    index only the selected residuals are used."""
     x, z, A, _ = _problem(B=7, J=3, d=6, D=10, dtype=torch.float64)
     grad_E = torch.rand(7, 3, dtype=torch.float64)
     whole = reference.linear_elbo_backward(grad_E, None, x, z, A, True, True, True)
     monkeypatch.setattr(reference, "CHUNK_ELEMENTS", 2 * 3 * 10 + 5)   # 2 rows a block
     chunked = reference.linear_elbo_backward(grad_E, None, x, z, A, True, True, True)
-    monkeypatch.setattr(reference, "CHUNK_ELEMENTS", 7)                # 1 row (J D > 7)
+    monkeypatch.setattr(reference, "CHUNK_ELEMENTS", 2 * 10 + 3)       # 2 samples of a row
+    samples = reference.linear_elbo_backward(grad_E, None, x, z, A, True, True, True)
+    monkeypatch.setattr(reference, "CHUNK_ELEMENTS", 7)                # 1 sample (D > 7)
     single = reference.linear_elbo_backward(grad_E, None, x, z, A, True, True, True)
-    for a, b, c in zip(whole, chunked, single):
+    for a, b, c, e in zip(whole, chunked, samples, single):
         torch.testing.assert_close(a, b)
         torch.testing.assert_close(a, c)
+        torch.testing.assert_close(a, e)
     leaves = [t.clone().requires_grad_() for t in (x, z, A)]
     ((leaves[0][:, None] - leaves[1] @ leaves[2].T) ** 2).sum(-1).mul(grad_E).sum().backward()
     for ours, ref in zip(whole, leaves):
@@ -283,15 +289,52 @@ def test_forward_contract_several_tiles(backend):
         torch.testing.assert_close(E.cpu().double(), expected, rtol=2e-5, atol=1e-5)
 
 
-def test_reconstructions_not_materialized_in_kernels():
+class _LargestTensor(TorchDispatchMode):
+    """Records the largest tensor any ATen op creates while active."""
+
+    def __init__(self):
+        super().__init__()
+        self.largest = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in pytree.tree_leaves(out):
+            if isinstance(t, torch.Tensor):
+                self.largest = max(self.largest, t.numel())
+        return out
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_no_op_creates_the_reconstructions(backend, monkeypatch):
+    """Forward and backward (max and avg) create no tensor as large as the (B, J, D)
+    reconstructions, only blocks of CHUNK_ELEMENTS (set to one row's J * D here); the
+    reference, which builds them, shows that the check can fail. (Allocations inside
+    the C++ threads are not seen here; the next test measures those.)"""
+    device = _device(backend)
+    B, J, d, D = 3, 16, 8, 512
+    monkeypatch.setattr(reference, "CHUNK_ELEMENTS", J * D)
+    x, z, A, kl = [t.to(device) for t in _problem(B=B, J=J, d=d, D=D, kl_kind="row")]
+    for method in ("max", "avg"):
+        leaves = [t.clone().requires_grad_() for t in (x, z, A)]
+        with _LargestTensor() as mode:
+            linear_elbo(*leaves, kl, method=method, backend=backend).loss.backward()
+        if backend == "reference":
+            assert mode.largest >= B * J * D
+        elif method == "max":
+            assert mode.largest < J * D, mode.largest
+        else:   # the backward's blocks are seen: exactly one row's residuals
+            assert mode.largest == J * D, mode.largest
+
+
+def test_cpp_peak_memory_stays_below_the_reconstructions():
     """In a fresh process, the peak resident memory grows by far less than the (B, J, D)
-    float32 reconstructions (128 MiB here) for the kernel backends' forward and backward,
-    and by more than that for the reference, which builds them (so the test can fail)."""
+    float32 reconstructions (128 MiB here) for the C++ forward and backward (max, and avg
+    whose backward holds one block of at most CHUNK_ELEMENTS floats, 16 MiB), and by more
+    than that for the reference, which builds them (so that the test can fail)."""
     require_backend("cpp")
     script = textwrap.dedent("""
-        import resource, sys, torch
+        import resource, torch
         import vsc_kernels
-        from vsc_kernels.linear_elbo import cpp_backend
         B, J, d, D = 2, 256, 4, 1 << 16
         g = torch.Generator().manual_seed(0)
         x = torch.randn(B, D, generator=g)
@@ -300,17 +343,21 @@ def test_reconstructions_not_materialized_in_kernels():
         vsc_kernels.linear_elbo(x[:1, :64], z[:1].detach(), A[:64].detach(), backend="cpp")
         def peak():
             return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-        for backend in sys.argv[1:]:
-            before = peak()
-            vsc_kernels.linear_elbo(x, z, A, backend=backend).loss.backward()
-            print(backend, (peak() - before) / 2**20)
+        for backend in ("cpp", "reference"):
+            for method in ("max", "avg"):
+                before = peak()
+                vsc_kernels.linear_elbo(x, z, A, method=method,
+                                        backend=backend).loss.backward()
+                print(backend, method, (peak() - before) / 2**20)
     """)
     env = dict(os.environ, PYTHONPATH=str(Path(vsc_kernels.__file__).parent.parent))
-    out = subprocess.run([sys.executable, "-c", script, "cpp", "reference"], env=env,
-                         capture_output=True, text=True, timeout=120, check=True).stdout
-    growth = {name: float(mb) for name, mb in (line.split() for line in out.splitlines())}
-    assert growth["cpp"] < 40, out
-    assert growth["reference"] > 120, out
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
+                         text=True, timeout=120, check=True).stdout
+    growth = {(name, method): float(mb)
+              for name, method, mb in (line.split() for line in out.splitlines())}
+    assert growth["cpp", "max"] < 16, out
+    assert growth["cpp", "avg"] < 40, out
+    assert max(growth["reference", "max"], growth["reference", "avg"]) > 120, out
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -21,9 +21,9 @@ backward below):
   -> ``(grad_x, grad_z, grad_A)`` in the compute dtype (``None`` where not needed), with
   ``grad_E = dloss/dE``. With ``index`` (method ``"max"``: ``grad_E`` is zero outside
   ``(b, index[b])``) only the selected samples' residuals are recomputed (a ``(B, D)``
-  matrix); otherwise the rows of ``x`` are processed in blocks whose residuals hold at
-  most ``CHUNK_ELEMENTS`` elements (or one row's ``J * D``), so the backward does not
-  build the ``(B, J, D)`` reconstructions either.
+  matrix); otherwise the samples are processed in blocks whose residuals hold at most
+  ``CHUNK_ELEMENTS`` elements (at least one ``D``-vector), so the backward does not build
+  the ``(B, J, D)`` reconstructions either.
 
 :func:`linear_elbo` is the differentiable oracle (plain autograd) used by the
 ``reference`` backend.
@@ -92,23 +92,31 @@ def linear_elbo_backward(grad_E: torch.Tensor, index: torch.Tensor | None, x: to
             grad_A = -2.0 * (gr.T @ z_sel)
         return grad_x, grad_z, grad_A
 
-    # Every sample carries a weight: blocks of whole rows b (all J samples of each), at
-    # most CHUNK_ELEMENTS residual elements at a time (one row if J * D is larger).
+    # Every sample carries a weight: blocks of data rows (all J samples of each) whose
+    # residuals hold at most CHUNK_ELEMENTS elements, or, when one row's J * D is more,
+    # blocks of samples of one row.
     if need_x:
-        grad_x = torch.empty((B, D), dtype=work, device=x.device)
+        grad_x = torch.zeros((B, D), dtype=work, device=x.device)
     if need_z:
         grad_z = torch.empty((B, J, d), dtype=work, device=z.device)
     if need_A:
         grad_A = torch.zeros((D, d), dtype=work, device=A.device)
-    step = max(1, CHUNK_ELEMENTS // max(J * D, 1))
-    for b0 in range(0, B, step):
-        b1 = min(b0 + step, B)
-        z_c = z[b0:b1].to(work)                                        # (n, J, d)
-        gr = grad_E[b0:b1, :, None] * (x_w[b0:b1, None, :] - z_c @ A_w.T)  # g r, (n, J, D)
+    if J * D <= CHUNK_ELEMENTS:
+        step = CHUNK_ELEMENTS // max(J * D, 1)
+        blocks = [(b0, min(b0 + step, B), 0, J) for b0 in range(0, B, step)]
+    else:
+        step = max(1, CHUNK_ELEMENTS // max(D, 1))
+        blocks = [(b, b + 1, j0, min(j0 + step, J)) for b in range(B) for j0 in range(0, J, step)]
+    for b0, b1, j0, j1 in blocks:
+        z_c = z[b0:b1, j0:j1].to(work)                                  # (n, m, d)
+        # g r = g (x - A z), in place in the block's one (n, m, D) buffer.
+        gr = torch.matmul(z_c, A_w.T).neg_().add_(x_w[b0:b1, None, :])
+        gr.mul_(grad_E[b0:b1, j0:j1, None])
         if need_x:
-            grad_x[b0:b1] = 2.0 * gr.sum(dim=1)
+            grad_x[b0:b1] += 2.0 * gr.sum(dim=1)
         if need_z:
-            grad_z[b0:b1] = -2.0 * (gr @ A_w)
+            grad_z[b0:b1, j0:j1] = -2.0 * (gr @ A_w)
         if need_A:
             grad_A.addmm_(gr.reshape(-1, D).T, z_c.reshape(-1, d), alpha=-2.0)
+        del gr  # free the block before the next one is allocated
     return grad_x, grad_z, grad_A

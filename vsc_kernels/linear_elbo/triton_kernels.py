@@ -97,9 +97,9 @@ def _num_sms(device_index: int) -> int:
 def _launch_config(M: int, D: int, d: int, dtype: torch.dtype, device: torch.device) -> dict:
     """Block sizes and the column split (a heuristic; no autotuning).
 
-    Interpreter: a program costs far more than its elements, so tiles are as large as
-    the problem allows (up to 256 columns and ``d`` slices, ``2**16``-element tiles) and
-    there is no column split.
+    Interpreter: a program (and a loop iteration) costs far more than its elements, so
+    tiles are as large as the problem allows (up to 2048 columns, 256-wide ``d`` slices,
+    ``2**20``-element output tiles) and there is no column split.
 
     GPU: float16/bfloat16 ``[128 (or 64), 128] x 64`` tiles on the tensor cores, 8 warps,
     3 stages; float32 (IEEE, FMA units) ``[64, 64] x 32`` with 4 warps; float64
@@ -109,9 +109,9 @@ def _launch_config(M: int, D: int, d: int, dtype: torch.dtype, device: torch.dev
     n_pad = max(16, triton.next_power_of_2(D))
     k_pad = max(16, triton.next_power_of_2(d))
     if _interpreted() or device.type != "cuda":
-        block_n = min(n_pad, 256)
+        block_n = min(n_pad, 2048)
         block_k = min(k_pad, 256)
-        block_m = max(16, min(triton.next_power_of_2(M), (1 << 16) // block_n))
+        block_m = max(16, min(triton.next_power_of_2(M), (1 << 20) // block_n))
         return dict(BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, n_split=1,
                     num_warps=4, num_stages=1)
     if dtype == torch.float64:
