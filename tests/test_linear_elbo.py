@@ -41,7 +41,7 @@ def _problem(B=7, J=5, d=19, D=37, kl_kind="sample", seed=0, dtype=torch.float32
     """Codes with ~70% exact zeros (as threshold_sample gives), some rows all zero; scaled
     so that the per-sample losses differ by O(1) (IWAE weights are not one-hot)."""
     g = torch.Generator().manual_seed(seed)
-    A = torch.randn(D, d, generator=g) * (0.3 / d ** 0.5)
+    A = torch.randn(D, d, generator=g) * (0.3 / max(d, 1) ** 0.5)
     x = 0.5 * torch.randn(B, D, generator=g)
     z = torch.randn(B, J, d, generator=g) * (torch.rand(B, J, d, generator=g) < 0.3)
     for b in zero_rows:
@@ -60,7 +60,7 @@ def _oracle(x, z, A, kl, beta, method, recon):
     kl64 = None if kl is None else kl.detach().double().requires_grad_()
     x64, z64, A64 = leaves
     E = ((x64[:, None, :] - z64 @ A64.T) ** 2).sum(-1)
-    L = E * (1.0 if recon == "sum" else 1.0 / x.shape[1])
+    L = E * (1.0 if recon == "sum" else 1.0 / max(x.shape[1], 1))
     if kl64 is not None:
         L = L + beta * (kl64[:, None] if kl64.dim() == 1 else kl64)
     J = L.shape[1]
@@ -184,6 +184,22 @@ def test_empty_batch(backend):
         assert result.weights.shape == (0, 5)
         assert [tuple(g.shape) for g in grads] == [(0, 37), (0, 5, 19), (37, 19), (0, 5)]
         assert (grads[2] == 0).all()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("d,D", [(0, 6), (4, 0)])
+def test_degenerate_dimensions(backend, d, D):
+    """No code features (A z = 0: E is ||x_b||^2) or no data features (E = 0)."""
+    device = _device(backend)
+    x, z, A, kl = _problem(B=3, J=2, d=d, D=D, kl_kind="row")
+    for method in METHODS:
+        result, grads = _run(backend, device, x, z, A, kl, 1.0, method, "mean")
+        loss, L, index, _, ref_grads = _oracle(x, z, A, kl, 1.0, method, "mean")
+        _assert_close(result.per_sample, L, 1e-6, "per_sample")
+        assert torch.equal(result.index.cpu(), index)
+        for name, grad, ref in zip("xzAk", grads, ref_grads):
+            assert grad.shape == ref.shape, name
+            _assert_close(grad, ref, 1e-5, name)
 
 
 @pytest.mark.parametrize("backend", KERNEL_BACKENDS)

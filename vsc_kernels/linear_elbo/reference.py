@@ -117,6 +117,7 @@ def linear_elbo_backward(grad_E: torch.Tensor, index: torch.Tensor | None, x: to
         if need_z:
             grad_z[b0:b1, j0:j1] = -2.0 * (gr @ A_w)
         if need_A:
-            grad_A.addmm_(gr.reshape(-1, D).T, z_c.reshape(-1, d), alpha=-2.0)
+            n = (b1 - b0) * (j1 - j0)
+            grad_A.addmm_(gr.reshape(n, D).T, z_c.reshape(n, d), alpha=-2.0)
         del gr  # free the block before the next one is allocated
     return grad_x, grad_z, grad_A

@@ -45,7 +45,7 @@ def _squared_error_kernel(
     DOT_PRECISION: tl.constexpr, ACC_DTYPE: tl.constexpr,
 ):
     pid_m = tl.program_id(0).to(tl.int64)
-    pid_n = tl.program_id(1)
+    pid_n = tl.program_id(1).to(tl.int64)
     rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M).to(tl.int64)
     row_ok = rows < M
     b = rows // J
@@ -164,14 +164,15 @@ def squared_error(x: torch.Tensor, z: torch.Tensor, A: torch.Tensor, *,
     grid = (triton.cdiv(M, config["BLOCK_M"]), n_split)
     acc_dtype = tl.float64 if work == torch.float64 else tl.float32
     low_precision = z.dtype in (torch.float16, torch.bfloat16)
+    upcast = work == torch.float64 or (low_precision and _interpreted())
     with torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext():
         _squared_error_kernel[grid](
             x, z, A, part, M, J, D, d, n_split,
             x.stride(0), x.stride(1), z.stride(0), z.stride(1), z.stride(2),
             A.stride(0), A.stride(1),
             USE_DOT=work == torch.float32 or _interpreted(),
-            UPCAST=work == torch.float64 or (low_precision and _interpreted()),
-            IS_FP32=z.dtype == torch.float32, DOT_PRECISION=precision, ACC_DTYPE=acc_dtype,
+            UPCAST=upcast, IS_FP32=work == torch.float32 and (upcast or not low_precision),
+            DOT_PRECISION=precision, ACC_DTYPE=acc_dtype,
             **config,
         )
     E = part[0] if n_split == 1 else part.sum(dim=0)
