@@ -240,6 +240,32 @@ def test_mixed_dtypes_promote(backend):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+def test_autocast_keeps_float32_math(backend):
+    """Float32 inputs in a bfloat16 autocast region: the products stay float32 (autocast
+    would otherwise run them in bfloat16), in the forward and, for the kernel backends'
+    own backward, also when backward() is called inside the region (the reference
+    backend's plain-autograd backward follows autocast there, as PyTorch's does)."""
+    device = _device(backend)
+    x, z, A, kl = _problem(kl_kind="row")
+    plain, plain_grads = _run(backend, device, x, z, A, kl, 1.0, "avg", "sum")
+    leaves = [t.to(device, copy=True).requires_grad_() for t in (x, z, A)]
+    with torch.autocast(device.type, dtype=torch.bfloat16):
+        cast = linear_elbo(*leaves, kl.to(device), method="avg", backend=backend)
+    cast.loss.backward()
+    cast_grads = [t.grad for t in leaves]
+    if backend != "reference":
+        with torch.autocast(device.type, dtype=torch.bfloat16):
+            inside, inside_grads = _run(backend, device, x, z, A, kl, 1.0, "avg", "sum")
+        cast_grads += inside_grads[:3]
+        plain_grads = plain_grads[:3] * 2
+    assert cast.loss.dtype == torch.float32
+    torch.testing.assert_close(cast.loss, plain.loss, rtol=1e-6, atol=1e-6)
+    for grad, expected in zip(cast_grads, plain_grads):
+        assert grad.dtype == torch.float32
+        torch.testing.assert_close(grad, expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("method", METHODS)
 def test_gradcheck_float64(backend, method):
     device = _device(backend)

@@ -67,8 +67,10 @@ def _backward(ctx, grad_loss, grad_per_sample, grad_index, grad_weights):
     grad_x = grad_z = grad_A = grad_kl = None
     if need_x or need_z or need_A:
         grad_E = grad_L * _elbo.recon_scale(recon, x.shape[1])
-        grad_x, grad_z, grad_A = reference.linear_elbo_backward(
-            grad_E, index if method == "max" else None, x, z, A, need_x, need_z, need_A)
+        # A backward called inside an autocast region must not run its products in bf16.
+        with torch.autocast(x.device.type, enabled=False):
+            grad_x, grad_z, grad_A = reference.linear_elbo_backward(
+                grad_E, index if method == "max" else None, x, z, A, need_x, need_z, need_A)
         grad_x = None if grad_x is None else grad_x.to(x.dtype)
         grad_z = None if grad_z is None else grad_z.to(z.dtype)
         grad_A = None if grad_A is None else grad_A.to(A.dtype)
@@ -146,8 +148,10 @@ def linear_elbo(x: torch.Tensor, z: torch.Tensor, A: torch.Tensor,
     dtype = torch.promote_types(torch.promote_types(x.dtype, z.dtype), A.dtype)
     x, z, A = x.to(dtype), z.to(dtype), A.to(dtype)
     if chosen == "reference":
-        loss, per_sample, index, weights = reference.linear_elbo(x, z, A, kl, beta, method,
-                                                                 recon)
+        # Float32 math under autocast too (autocast would run z @ A^T in low precision).
+        with torch.autocast(x.device.type, enabled=False):
+            loss, per_sample, index, weights = reference.linear_elbo(x, z, A, kl, beta, method,
+                                                                     recon)
     else:
         loss, per_sample, index, weights = _linear_elbo_op(x, z, A, kl, beta, method, recon,
                                                            chosen)
