@@ -403,12 +403,13 @@ def test_cpp_peak_memory_stays_below_the_reconstructions():
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_torch_compile_fullgraph(backend):
+@pytest.mark.parametrize("method", ["max", "avg"])
+def test_torch_compile_fullgraph(backend, method):
     device = _device(backend)
     x, z, A, kl = _problem(kl_kind="row")
 
     def step(x, z, A, kl):
-        result = linear_elbo(x, z, A, kl, beta=0.5, method="max", recon="mean",
+        result = linear_elbo(x, z, A, kl, beta=0.5, method=method, recon="mean",
                              backend=backend)
         return result.loss, result.per_sample, result.index
 
