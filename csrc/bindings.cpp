@@ -6,6 +6,7 @@
 
 #include "elbo_select.h"
 #include "fista.h"
+#include "linear_elbo.h"
 #include "sparse_decode.h"
 #include "threshold_sample.h"
 
@@ -35,4 +36,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("sparse_decode_grad_weight_t", &vsc::sparse_decode_grad_weight_t,
         "z^T @ grad_out skipping the zeros of z (N, d); grad_out (N, D)", py::arg("z"),
         py::arg("grad_out"));
+  m.def("linear_elbo_squared_error", &vsc::linear_elbo_squared_error,
+        "linear_elbo forward: E (B, J) = ||x_b - A z_bj||^2", py::arg("x"), py::arg("z"),
+        py::arg("A"));
 }
