@@ -49,7 +49,7 @@ def test_bad_configs_fail_with_a_clear_message(override, message):
 
 
 def test_missing_files_fail_clearly(tmp_path, capsys):
-    with pytest.raises(FileNotFoundError, match="not a file nor a shipped config"):
+    with pytest.raises(FileNotFoundError, match="neither a file nor a shipped config"):
         resolve_config_path(str(tmp_path / "nope.toml"))
     assert main(["train", str(tmp_path / "nope.toml")]) == 2
     assert "error" in capsys.readouterr().err

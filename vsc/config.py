@@ -82,7 +82,7 @@ class Config:
             raise ValueError(f"config: {message}")
         if self.method not in METHODS:
             bad(f"method must be one of {METHODS}, got {self.method!r}")
-        if self.method == "variational" and self.prior not in PRIORS:
+        if self.prior not in PRIORS:
             bad(f"unknown prior {self.prior!r}; choose one of {sorted(PRIORS)}")
         if self.sampling not in SAMPLING:
             bad(f"sampling must be one of {SAMPLING}, got {self.sampling!r}")

@@ -85,6 +85,22 @@ def _set_rng_state(state: dict, device: torch.device) -> None:
 # The trainer
 # --------------------------------------------------------------------------------------
 
+class _GradientScale(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, value, scale):
+        ctx.scale = scale
+        return value.view_as(value)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad * ctx.scale, None
+
+
+def _scale_gradient(value: torch.Tensor, scale: float) -> torch.Tensor:
+    """Identity in the forward pass; multiplies the gradient by ``scale``."""
+    return value if scale == 1.0 else _GradientScale.apply(value, scale)
+
+
 class Trainer:
     """Builds the models from a :class:`Config`, trains, checkpoints, evaluates."""
 
@@ -147,9 +163,17 @@ class Trainer:
                                  tol=c.fista_tol).codes
 
     def loss(self, x: torch.Tensor, step: int, num_samples: int | None = None):
-        """Training objective (eq. 11) and the sampled codes."""
+        """Training objective (eq. 11) and the sampled codes.
+
+        The dictionary's gradient is that of ``0.5 * mean_b ||x_b - A z_b||^2`` (summed
+        over pixels) plus the Frobenius term, whatever ``recon`` the encoder's loss uses:
+        the paper's public code trains the encoder on the per-pixel mean squared error
+        but steps the dictionary (lr 0.5) on the summed residual. ``_scale_gradient``
+        rescales the reconstruction gradient that reaches ``A`` accordingly.
+        """
         c = self.config
-        A = self.generator.A
+        scale = 0.5 * (self.data_dim if c.recon == "mean" else 1.0)
+        A = _scale_gradient(self.generator.A, scale)
         if self.variational:
             params = self.encoder(x)
             sample = self.prior.sample(params, num_samples or c.num_samples, step)
