@@ -34,13 +34,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from ._io import atomic_write
 
 __all__ = [
     "PatchSet",
@@ -411,21 +412,8 @@ def _source_fingerprint(kind: str, path: Path | None):
 
 
 def _atomic_savez(path: Path, **arrays) -> None:
-    """Write an .npz to a temporary file in the same folder, then ``os.replace``
-    it onto ``path``; on any error the temporary file is removed."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.stem + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; a cache entry is ordinary data
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    """Write an .npz atomically (temporary file, then ``os.replace``)."""
+    atomic_write(path, lambda f: np.savez(f, **arrays))
 
 
 # --------------------------------------------------------------------------- #

@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
 import numpy as np
+
+from ._io import atomic_write
 
 __all__ = ["plot_dictionary", "plot_jaccard_histogram", "plot_metric_curves", "load_jsonl"]
 
@@ -32,20 +32,7 @@ def _new_figure(figsize):
 
 
 def _save_png(fig, path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            fig.savefig(f, format="png", dpi=100)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    return path
+    return atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100))
 
 
 def _to_numpy(a) -> np.ndarray:

@@ -18,9 +18,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import random
-import tempfile
 import time
 from pathlib import Path
 
@@ -30,6 +28,7 @@ import torch
 import vsc_kernels
 
 from . import metrics, plots
+from ._io import atomic_write
 from .config import Config
 from .data import load_patches
 from .models import InferenceNetwork, LinearGenerator, patch_side
@@ -42,27 +41,14 @@ CHECKPOINT = "checkpoint.pt"
 # Files written atomically
 # --------------------------------------------------------------------------------------
 
-def _atomic_write(path: Path, write) -> None:
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def write_json(path: Path, value) -> None:
-    _atomic_write(path, lambda h: h.write((json.dumps(value, indent=2) + "\n").encode()))
+    atomic_write(path, lambda h: h.write((json.dumps(value, indent=2) + "\n").encode()))
 
 
 def write_jsonl(path: Path, records: list[dict]) -> None:
-    _atomic_write(path, lambda h: h.write("".join(json.dumps(r) + "\n" for r in records).encode()))
+    atomic_write(path, lambda h: h.write("".join(json.dumps(r) + "\n" for r in records).encode()))
 
 
 def _rng_state(device: torch.device) -> dict:
@@ -216,7 +202,7 @@ class Trainer:
 
     def save_checkpoint(self) -> None:
         state = self.state()
-        _atomic_write(self.out_dir / CHECKPOINT, lambda h: torch.save(state, h))
+        atomic_write(self.out_dir / CHECKPOINT, lambda h: torch.save(state, h))
 
     def load_checkpoint(self, path: Path) -> None:
         state = torch.load(path, map_location=self.device, weights_only=False)

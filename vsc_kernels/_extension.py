@@ -62,6 +62,15 @@ def load_extension():
         return None
 
 
+def require_extension():
+    """The loaded extension, for the ``cpp_backend`` modules (the dispatcher has already
+    fallen back to the reference if the build failed)."""
+    ext = load_extension()
+    if ext is None:
+        raise RuntimeError("vsc_kernels: the C++ CPU backend is unavailable (build failed)")
+    return ext
+
+
 def cpp_available() -> bool:
     """Whether the C++ backend builds and loads (builds it on first call)."""
     return load_extension() is not None

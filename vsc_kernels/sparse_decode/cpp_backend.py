@@ -9,14 +9,8 @@ before calling into this module.
 
 from __future__ import annotations
 
-from .._extension import load_extension
+from .._extension import require_extension as _extension
 
-
-def _extension():
-    ext = load_extension()
-    if ext is None:
-        raise RuntimeError("vsc_kernels: the C++ CPU backend is unavailable (build failed)")
-    return ext
 
 
 def decode(z, At, nnz):

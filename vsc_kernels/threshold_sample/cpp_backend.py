@@ -9,19 +9,13 @@ before calling into this module.
 
 from __future__ import annotations
 
-from .._extension import load_extension
+from .._extension import require_extension as _extension
 
 
 def _lam_value(lam_value) -> float:
     # Only read when lam is None; a caller passing a tensor lam may leave it as None.
     return 0.0 if lam_value is None else float(lam_value)
 
-
-def _extension():
-    ext = load_extension()
-    if ext is None:
-        raise RuntimeError("vsc_kernels: the C++ CPU backend is unavailable (build failed)")
-    return ext
 
 
 def threshold_sample_forward(mu, logb, lam, lam_value, seed, num_samples, base, warmup,
