@@ -177,8 +177,10 @@ class Trainer:
             optimizer.zero_grad(set_to_none=True)
         loss, codes = self.loss(x, self.step)
         if not torch.isfinite(loss):
-            raise FloatingPointError(f"loss is {loss.item()} at step {self.step} "
-                                     "(the subgradient estimator is known to diverge: Table 2)")
+            hint = (" (the subgradient estimator is known to diverge: Table 2)"
+                    if self.config.estimator == "subgradient" else "")
+            raise FloatingPointError(f"loss is {loss.item()} at step {self.step}{hint}; the "
+                                     f"last checkpoint in {self.out_dir} is intact")
         loss.backward()
         for optimizer in self.optimizers.values():
             optimizer.step()
