@@ -208,8 +208,10 @@ class Trainer:
 
     def load_checkpoint(self, path: Path) -> None:
         state = torch.load(path, map_location=self.device, weights_only=False)
-        saved = {k: v for k, v in state["config"].items() if k not in ("device", "epochs")}
-        current = {k: v for k, v in self.config.to_dict().items() if k not in ("device", "epochs")}
+        # Everything but the device must match (epochs too: the encoder's one-cycle
+        # schedule is laid out over all of them).
+        saved = {k: v for k, v in state["config"].items() if k != "device"}
+        current = {k: v for k, v in self.config.to_dict().items() if k != "device"}
         if saved != current:
             changed = sorted(k for k in current if saved.get(k) != current[k])
             raise ValueError(f"--resume: the checkpoint in {self.out_dir} was written with a "
