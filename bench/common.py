@@ -122,6 +122,18 @@ def write_results(name: str, device: torch.device, payload: dict) -> Path:
     return path
 
 
+def add_speedups(rows: list[dict], group_keys: tuple[str, ...], baselines: tuple[str, ...],
+                 time_key: str = "time_ms") -> list[dict]:
+    """Add ``speedup_vs_<baseline>`` to every row: the time of the ``provider`` named
+    ``baseline`` in the same group (rows equal on ``group_keys``) over the row's time."""
+    for row in rows:
+        times = {r["provider"]: r[time_key] for r in rows
+                 if all(r[k] == row[k] for k in group_keys)}
+        for baseline in baselines:
+            row[f"speedup_vs_{baseline}"] = times[baseline] / row[time_key]
+    return rows
+
+
 def print_table(rows: list[dict], columns: list[tuple[str, str, str]]):
     """``columns``: (key, header, format)."""
     headers = [h for _, h, _ in columns]

@@ -99,11 +99,7 @@ def run(device, shapes, dtypes, methods, repeats):
                             "fraction_of_limit": moved / seconds / limit,
                             "peak_memory_MB": None if peak is None else peak / 2**20,
                         })
-    keys = ("B", "J", "F", "dtype", "method", "mode")
-    for row in rows:
-        times = {r["provider"]: r["time_ms"] for r in rows if all(r[k] == row[k] for k in keys)}
-        row["speedup_vs_eager"] = times["eager"] / row["time_ms"]
-        row["speedup_vs_compiled"] = times["compiled"] / row["time_ms"]
+    common.add_speedups(rows, ("B", "J", "F", "dtype", "method", "mode"), ("eager", "compiled"))
     return rows, limit, limit_source
 
 

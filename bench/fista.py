@@ -101,12 +101,8 @@ def run(device, shapes, sklearn_rows, repeats, max_iter):
             if sklearn_rows:
                 rows_out.append(sklearn_row(x_np, A_np, B, d, D, mode, max_iter, tol,
                                             sklearn_rows, limit))
-    for r in rows_out:
-        same = {s["provider"]: s["time_s"] for s in rows_out
-                if (s["B"], s["d"], s["mode"]) == (r["B"], r["d"], r["mode"])}
-        r["speedup_vs_torch_eager"] = same["torch_eager"] / r["time_s"]
-        r["speedup_vs_numpy"] = same["numpy"] / r["time_s"]
-    return rows_out
+    return common.add_speedups(rows_out, ("B", "d", "mode"), ("torch_eager", "numpy"),
+                               time_key="time_s")
 
 
 def row(B, d, D, mode, name, seconds, iterations, limit):

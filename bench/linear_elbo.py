@@ -114,12 +114,8 @@ def run(device, shapes, dtypes, methods, repeats):
                             "z_density": density,
                         })
                         zg.grad = Ag.grad = None
-    for row in rows:
-        same = [r for r in rows
-                if all(r[k] == row[k] for k in ("B", "J", "d", "D", "dtype", "method", "mode"))]
-        times = {r["provider"]: r["time_ms"] for r in same}
-        row["speedup_vs_eager"] = times["eager"] / row["time_ms"]
-        row["speedup_vs_compiled"] = times["compiled"] / row["time_ms"]
+    common.add_speedups(rows, ("B", "J", "d", "D", "dtype", "method", "mode"),
+                        ("eager", "compiled"))
     return rows
 
 

@@ -92,11 +92,7 @@ def run(device, shapes, dtypes, repeats):
                         "peak_memory_MB": None if peak is None else peak / 2**20,
                     })
                     mu.grad = logb.grad = None
-    for row in rows:
-        same = [r for r in rows if all(r[k] == row[k] for k in ("B", "J", "d", "dtype", "mode"))]
-        times = {r["provider"]: r["time_ms"] for r in same}
-        row["speedup_vs_eager"] = times["eager"] / row["time_ms"]
-        row["speedup_vs_compiled"] = times["compiled"] / row["time_ms"]
+    common.add_speedups(rows, ("B", "J", "d", "dtype", "mode"), ("eager", "compiled"))
     return rows, limit, limit_source
 
 
