@@ -10,9 +10,3 @@ from .thresholded import ThresholdSamplePrior
 class Gaussian(ThresholdSamplePrior):
     name = "gaussian"
     base = "gaussian"
-
-    def __init__(self, latent_dim: int, **options):
-        if options.get("threshold", 0.0) != 0.0 or options.get("learn_threshold", False):
-            raise ValueError("prior 'gaussian' has no threshold; use prior 'thresholded_gaussian'")
-        options.pop("threshold", None)
-        super().__init__(latent_dim, threshold=0.0, **options)

@@ -24,16 +24,27 @@ from .gamma import GammaThreshold
 
 class ThresholdSamplePrior(Prior):
     """Base distribution ``base`` ("laplace" or "gaussian"), threshold ``threshold``
-    (0: no thresholding), prior scale ``prior_scale`` (``b0`` for Laplace, the prior
-    variance ``sigma0^2`` for Gaussian)."""
+    (default ``default_threshold``), prior scale ``prior_scale`` (``b0`` for Laplace,
+    the prior variance ``sigma0^2`` for Gaussian). A subclass with
+    ``default_threshold = None`` has no threshold (the plain Gaussian and Laplacian
+    priors) and refuses one."""
 
     base = "laplace"
+    default_threshold: float | None = None
 
-    def __init__(self, latent_dim: int, *, threshold: float = 0.0, prior_scale: float = 0.1,
-                 estimator: str = "straight", learn_threshold: bool = False,
-                 gamma_alpha0: float = 3.0, gamma_kl_weight: float = 0.1,
-                 warmup_start: float = 0.1, warmup_step: float = 2e-4):
+    def __init__(self, latent_dim: int, *, threshold: float | None = None,
+                 prior_scale: float = 0.1, estimator: str = "straight",
+                 learn_threshold: bool = False, gamma_alpha0: float = 3.0,
+                 gamma_kl_weight: float = 0.1, warmup_start: float = 0.1,
+                 warmup_step: float = 2e-4):
         super().__init__(latent_dim)
+        if self.default_threshold is None:
+            if (threshold or 0.0) != 0.0 or learn_threshold:
+                raise ValueError(f"prior '{self.name}' has no threshold; use prior "
+                                 f"'thresholded_{self.name}'")
+            threshold = 0.0
+        elif threshold is None:
+            threshold = self.default_threshold
         if threshold < 0:
             raise ValueError(f"threshold must be >= 0, got {threshold}")
         if prior_scale <= 0:

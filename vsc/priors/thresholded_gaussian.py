@@ -10,6 +10,4 @@ from .thresholded import ThresholdSamplePrior
 class ThresholdedGaussian(ThresholdSamplePrior):
     name = "thresholded_gaussian"
     base = "gaussian"
-
-    def __init__(self, latent_dim: int, *, threshold: float = 0.52, **options):
-        super().__init__(latent_dim, threshold=threshold, **options)
+    default_threshold = 0.52

@@ -10,6 +10,4 @@ from .thresholded import ThresholdSamplePrior
 class ThresholdedLaplacian(ThresholdSamplePrior):
     name = "thresholded_laplacian"
     base = "laplace"
-
-    def __init__(self, latent_dim: int, *, threshold: float = 0.25, **options):
-        super().__init__(latent_dim, threshold=threshold, **options)
+    default_threshold = 0.25
