@@ -332,7 +332,9 @@ class Trainer:
         val = self.val_x
         subset = val[:c.eval_rows]
         codes = self.infer_codes(val)
-        fista_codes = self.infer_fista(val, c.val_lambda)
+        # For FISTA at lambda = val_lambda these are the same codes: solve once.
+        fista_codes = (codes if not self.variational and c.fista_lambda == c.val_lambda
+                       else self.infer_fista(val, c.val_lambda))
         side = patch_side(self.data_dim)
         plots.plot_dictionary(A.cpu(), self.out_dir / "dictionary.png", patch_shape=(side, side))
         if self.history:
