@@ -6,20 +6,23 @@ from __future__ import annotations
 
 import os
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, IO
+from typing import IO, Callable, Iterator
 
 
-def atomic_write(path: str | Path, write: Callable[[IO[bytes]], object]) -> Path:
-    """Call ``write(handle)`` on a temporary binary file, then move it onto ``path``;
-    on any error the temporary file is removed and ``path`` is untouched."""
+@contextmanager
+def atomic_output(path: str | Path) -> Iterator[Path]:
+    """Yield the path of a temporary file next to ``path`` for the caller to fill (for
+    writers that need a file name, e.g. ``numpy.lib.format.open_memmap``); on a normal
+    exit it is fsynced and moved onto ``path``, on any error removed (``path`` untouched)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
     try:
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-            handle.flush()
+        yield Path(tmp)
+        with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
         os.chmod(tmp, 0o644)  # mkstemp creates 0600; these are ordinary data files
         os.replace(tmp, path)
@@ -29,4 +32,13 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], object]) -> Path
         except FileNotFoundError:
             pass
         raise
+
+
+def atomic_write(path: str | Path, write: Callable[[IO[bytes]], object]) -> Path:
+    """Call ``write(handle)`` on a temporary binary file, then move it onto ``path``;
+    on any error the temporary file is removed and ``path`` is untouched."""
+    path = Path(path)
+    with atomic_output(path) as tmp:
+        with open(tmp, "wb") as handle:
+            write(handle)
     return path
