@@ -275,3 +275,197 @@ def test_read_idx_short_header(tmp_path):
     p.write_bytes(struct.pack(">II", 0x803, 5))
     with pytest.raises(ValueError, match="truncated IDX header"):
         read_idx(p, 0x803)
+
+
+# --------------------------------------------------------------------------- CelebA
+
+CELEBA_ATTRS = (
+    "5_o_Clock_Shadow Arched_Eyebrows Attractive Bags_Under_Eyes Bald Bangs Big_Lips Big_Nose "
+    "Black_Hair Blond_Hair Blurry Brown_Hair Bushy_Eyebrows Chubby Double_Chin Eyeglasses Goatee "
+    "Gray_Hair Heavy_Makeup High_Cheekbones Male Mouth_Slightly_Open Mustache Narrow_Eyes "
+    "No_Beard Oval_Face Pale_Skin Pointy_Nose Receding_Hairline Rosy_Cheeks Sideburns Smiling "
+    "Straight_Hair Wavy_Hair Wearing_Earrings Wearing_Hat Wearing_Lipstick Wearing_Necklace "
+    "Wearing_Necktie Young").split()
+#: partitions of the 8 images 000001.jpg .. 000008.jpg
+CELEBA_PARTS = [0, 0, 1, 0, 2, 0, 1, 0]
+
+
+def write_celeba(folder, seed=0):
+    """A tiny CelebA: 8 JPEGs of CelebA's size (178x218) and the two text files, formatted
+    as the official ones (double spaces before positive values)."""
+    rng = np.random.default_rng(seed)
+    (folder / "img_align_celeba").mkdir(parents=True, exist_ok=True)
+    names = [f"{k:06d}.jpg" for k in range(1, 9)]
+    yy, xx = np.mgrid[0:218, 0:178]
+    for k, n in enumerate(names):
+        # smooth content (JPEG keeps it well) plus an asymmetric marker so flips show
+        img = np.stack([(xx * (k + 1)) % 256, (yy * 2 + 30 * k) % 256, (xx + yy) % 256], -1)
+        img[60:90, 40:60] = 255
+        Image.fromarray(img.astype(np.uint8)).save(folder / "img_align_celeba" / n, quality=95)
+    values = rng.choice([-1, 1], size=(8, 40))
+    lines = ["8", " ".join(CELEBA_ATTRS) + " "]
+    for n, row in zip(names, values):
+        lines.append(n + "".join(f" {v:2d}" for v in row))
+    (folder / "list_attr_celeba.txt").write_text("\n".join(lines) + "\n")
+    (folder / "list_eval_partition.txt").write_text(
+        "".join(f"{n} {p}\n" for n, p in zip(names, CELEBA_PARTS)))
+    return names, (values + 1) // 2
+
+
+def expected_celeba_image(path):
+    with Image.open(path) as img:
+        img = img.convert("RGB").crop((19, 39, 159, 179)).resize((64, 64), Image.BILINEAR)
+    return torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1).float() / 255.0
+
+
+def load_quiet(*args, **kwargs):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return load_image_dataset(*args, **kwargs)
+
+
+def test_celeba_known_values_and_split_membership(tmp_path):
+    names, attrs = write_celeba(tmp_path)
+    assert detect_dataset(tmp_path) == ("celeba", tmp_path)
+    with pytest.warns(UserWarning, match="lists 5 images, fewer than the paper's 150000"):
+        train = load_image_dataset(tmp_path, "train", seed=0)
+    with pytest.warns(UserWarning, match="lists 2 images, fewer than the paper's 19000"):
+        val = load_image_dataset(tmp_path, "val", seed=0)
+    assert CELEBA_SPLIT_SIZES == {"train": 150_000, "val": 19_000}
+    assert train.name == "celeba" and train.image_shape == (3, 64, 64)
+    assert train.attribute_names == CELEBA_ATTRS
+    train_idx = [i for i, p in enumerate(CELEBA_PARTS) if p == 0]
+    val_idx = [i for i, p in enumerate(CELEBA_PARTS) if p == 1]
+    assert train.image_names == [names[i] for i in train_idx]
+    assert val.image_names == [names[i] for i in val_idx]
+    assert torch.equal(train.attributes(), torch.from_numpy(attrs[train_idx]).float())
+    assert torch.equal(val.attributes(), torch.from_numpy(attrs[val_idx]).float())
+    for k, i in enumerate(val_idx):
+        x, y = val[k]
+        assert x.dtype == torch.float32 and x.shape == (3, 64, 64)
+        assert torch.equal(x, expected_celeba_image(tmp_path / "img_align_celeba" / names[i]))
+        assert torch.equal(y, torch.from_numpy(attrs[i]).float())
+    # train flips (paper: training only), a pure function of (seed, epoch, index)
+    assert train.hflip and not val.hflip
+    for epoch in (0, 1, 2):
+        train.set_epoch(epoch)
+        for k, i in enumerate(train_idx):
+            want = expected_celeba_image(tmp_path / "img_align_celeba" / names[i])
+            if flip_decision(0, epoch, k):
+                want = want.flip(-1)
+            assert torch.equal(train[k][0], want)
+
+
+def test_celeba_sizes_and_partitions(tmp_path):
+    names, _ = write_celeba(tmp_path)
+    three = load_image_dataset(tmp_path, "train", train_size=3)
+    assert three.image_names == [names[0], names[1], names[3]]
+    test_part = load_image_dataset(tmp_path, "val", val_size=1, val_partition=2)
+    assert test_part.image_names == [names[4]]
+    with pytest.raises(ValueError, match="train_size: 6 requested but partition 0"):
+        load_image_dataset(tmp_path, "train", train_size=6)
+    with pytest.raises(ValueError, match="val_size"):
+        load_image_dataset(tmp_path, "val", val_size=0)
+    with pytest.raises(ValueError, match="val_partition"):
+        load_image_dataset(tmp_path, "val", val_partition=0)
+    with pytest.raises(ValueError, match="options: unknown CelebA option"):
+        load_image_dataset(tmp_path, "val", size=3)
+
+
+def test_celeba_torchvision_layout(tmp_path):
+    write_celeba(tmp_path / "celeba")
+    assert detect_dataset(tmp_path) == ("celeba", tmp_path / "celeba")
+    assert len(load_quiet(tmp_path, "val")) == 2
+
+
+def test_celeba_cache_matches_decoding_and_workers(tmp_path):
+    write_celeba(tmp_path / "data")
+    plain = load_quiet(tmp_path / "data", "train", seed=3)
+    cached = load_quiet(tmp_path / "data", "train", seed=3, cache_dir=tmp_path / "cache")
+    files = list((tmp_path / "cache").iterdir())
+    assert [f.name for f in files] == [cached.cache_path.name]
+    assert np.load(cached.cache_path).shape == (5, 3, 64, 64)
+    mtime = cached.cache_path.stat().st_mtime_ns
+    again = load_quiet(tmp_path / "data", "train", seed=3, cache_dir=tmp_path / "cache")
+    assert again.cache_path == cached.cache_path and cached.cache_path.stat().st_mtime_ns == mtime
+    for epoch in (0, 1):
+        plain.set_epoch(epoch)
+        cached.set_epoch(epoch)
+        for i in range(5):
+            assert torch.equal(plain[i][0], cached[i][0])
+    cached[0]  # opens the memmap; pickling must not carry it
+    blob = pickle.dumps(cached)
+    assert len(blob) < 20_000
+    loader = torch.utils.data.DataLoader(cached, batch_size=2, num_workers=2)
+    got = torch.cat([x for x, _ in loader])
+    assert torch.equal(got, torch.stack([plain[i][0] for i in range(5)]))
+    # a different subset is a different cache entry
+    load_quiet(tmp_path / "data", "train", train_size=3, cache_dir=tmp_path / "cache")
+    assert len(list((tmp_path / "cache").glob("*.npy"))) == 2
+    assert not list((tmp_path / "cache").glob(".*.tmp"))
+
+
+def test_celeba_missing_files(tmp_path):
+    write_celeba(tmp_path)
+    (tmp_path / "list_attr_celeba.txt").rename(tmp_path / "attr.bak")
+    with pytest.raises(ValueError, match="list_attr_celeba.txt: missing CelebA attribute file"):
+        load_quiet(tmp_path, "train")
+    (tmp_path / "attr.bak").rename(tmp_path / "list_attr_celeba.txt")
+    (tmp_path / "list_eval_partition.txt").rename(tmp_path / "part.bak")
+    with pytest.raises(ValueError, match="list_eval_partition.txt: missing CelebA partition"):
+        load_quiet(tmp_path, "train")
+    (tmp_path / "part.bak").rename(tmp_path / "list_eval_partition.txt")
+    (tmp_path / "img_align_celeba" / "000004.jpg").unlink()
+    with pytest.raises(ValueError, match=r"000004.jpg: missing image"):
+        load_quiet(tmp_path, "train")
+    assert len(load_quiet(tmp_path, "val")) == 2  # the other split does not need it
+    (tmp_path / "img_align_celeba").rename(tmp_path / "imgs")
+    with pytest.raises(ValueError, match="img_align_celeba: missing CelebA image folder"):
+        load_quiet(tmp_path, "val")
+
+
+def test_celeba_bad_text_files(tmp_path):
+    write_celeba(tmp_path)
+    attr = tmp_path / "list_attr_celeba.txt"
+    good = attr.read_text().splitlines()
+    attr.write_text("\n".join(good[:-1]) + "\n")  # drops 000008.jpg (train)
+    with pytest.raises(ValueError, match="list_attr_celeba.txt: line 1 announces 8 images"):
+        load_quiet(tmp_path, "train")
+    attr.write_text("\n".join(["7"] + good[1:-1]) + "\n")
+    with pytest.raises(ValueError, match="list_attr_celeba.txt: no attributes for image "
+                                         "000008.jpg"):
+        load_quiet(tmp_path, "train")
+    attr.write_text("\n".join(good[:5] + [good[5].replace(" 1", " 0", 1)] + good[6:]) + "\n")
+    with pytest.raises(ValueError, match="list_attr_celeba.txt: line 6 is not"):
+        load_quiet(tmp_path, "train")
+    attr.write_text("8\n")
+    with pytest.raises(ValueError, match="list_attr_celeba.txt: truncated attribute file"):
+        load_quiet(tmp_path, "train")
+    attr.write_text("\n".join(good) + "\n")
+    part = tmp_path / "list_eval_partition.txt"
+    part.write_text("000001.jpg 0\n000002.jpg train\n")
+    with pytest.raises(ValueError, match="list_eval_partition.txt: line 2 is not"):
+        load_quiet(tmp_path, "train")
+    part.write_text("000001.jpg 0\n")
+    with pytest.raises(ValueError, match="partition 1 \\(val\\) lists no images"):
+        load_quiet(tmp_path, "val")
+
+
+def test_celeba_unreadable_image_names_the_file(tmp_path):
+    write_celeba(tmp_path)
+    bad = tmp_path / "img_align_celeba" / "000003.jpg"  # val item 0
+    bad.write_bytes(b"\xff\xd8\xff not really a jpeg")
+    val = load_quiet(tmp_path, "val")
+    assert val[1][0].shape == (3, 64, 64)
+    with pytest.raises(ValueError, match=r"000003.jpg: unreadable image"):
+        val[0]
+    raw = (tmp_path / "img_align_celeba" / "000007.jpg").read_bytes()
+    bad.write_bytes(raw[: len(raw) // 3])  # a truncated JPEG
+    with pytest.raises(ValueError, match=r"000003.jpg: unreadable image"):
+        val[0]
+    with pytest.raises(ValueError, match=r"000003.jpg: unreadable image"):
+        load_quiet(tmp_path, "val", cache_dir=tmp_path / "cache")
+    assert not list((tmp_path / "cache").iterdir())  # no partial cache left behind
+    Image.fromarray(np.zeros((100, 120, 3), np.uint8)).save(bad)
+    with pytest.raises(ValueError, match=r"000003.jpg: image is 120x100, smaller than"):
+        decode_celeba_image(bad)
