@@ -15,6 +15,16 @@ dimension 256), so the results do not depend on the dtype the model ran in.
 * :func:`pairwise_jaccard`, :func:`active_atoms` -- support consistency, eq. (13),
   Figure 5.
 
+DNN generators (section 4.2):
+
+* :func:`mse_per_pixel`        -- validation MSE per pixel (Figure 7).
+* :func:`frechet_distance`     -- the Frechet distance between two feature sets (FID,
+  Figure 7; feature extractors in :mod:`vsc.fid`).
+* :func:`estimated_dictionary` -- the least-squares linear dictionary of section 4.2
+  (Figures 6 and 8).
+* :func:`point_biserial`       -- point-biserial correlation of latents with binary
+  attributes (Figure 8).
+
 Bad arguments raise :class:`ValueError` whose message starts with the argument's name.
 """
 
@@ -37,6 +47,10 @@ __all__ = [
     "gradient_snr",
     "active_atoms",
     "pairwise_jaccard",
+    "mse_per_pixel",
+    "frechet_distance",
+    "estimated_dictionary",
+    "point_biserial",
 ]
 
 
@@ -479,3 +493,174 @@ def pairwise_jaccard(codes: torch.Tensor, atom_mask: torch.Tensor | None = None,
     if not out:
         return torch.zeros(0, dtype=torch.float64, device=codes.device)
     return torch.cat(out)
+
+
+# ================================================================ DNN generators (4.2)
+
+def mse_per_pixel(x: torch.Tensor, x_hat: torch.Tensor) -> float:
+    """Mean squared error per pixel (and channel) between images ``x`` and
+    reconstructions ``x_hat`` of the same shape, e.g. (N, C, H, W): the mean over every
+    element of ``(x - x_hat)^2``, in float64 -- Figure 7's validation MSE, and
+    ``torch.nn.functional.mse_loss(x_hat, x)`` on the whole set. NaN anywhere gives NaN.
+    (The paper's public notebooks sum the per-batch means over the validation batches
+    instead of averaging them, so their plotted numbers are this value times the number
+    of batches.)"""
+    _check_tensor("x", x)
+    _check_tensor("x_hat", x_hat)
+    if x.shape != x_hat.shape:
+        raise ValueError(f"x_hat: shape {tuple(x_hat.shape)} differs from x's {tuple(x.shape)}")
+    if x.numel() == 0:
+        raise ValueError("x: is empty")
+    return float((x.double() - x_hat.double().to(x.device)).pow(2).mean())
+
+
+def _psd_sqrt(c: torch.Tensor) -> torch.Tensor:
+    """Symmetric square root of a symmetric positive semi-definite matrix (float64);
+    eigenvalues below 0 (round-off) are set to 0."""
+    evals, evecs = torch.linalg.eigh(c)
+    return (evecs * evals.clamp_min(0.0).sqrt()) @ evecs.T
+
+
+def frechet_distance(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Frechet distance between Gaussians fitted to two feature sets (Heusel et al., 2017)::
+
+        d^2 = ||mu_a - mu_b||^2 + Tr(C_a + C_b - 2 (C_a C_b)^(1/2))
+
+    -- the FID when the features are Inception-v3 pool3 activations (:mod:`vsc.fid`).
+
+    Args:
+        a: (N, F) features, one row per sample, N >= 2.
+        b: (M, F) features, M >= 2.
+
+    Means and covariances are over samples (rows; covariance with denominator N - 1, as
+    ``numpy.cov(a, rowvar=False)`` and pytorch-fid), computed in float64. The trace term
+    is computed without a non-symmetric matrix square root:
+    ``Tr (C_a C_b)^(1/2) = sum_i sqrt(lambda_i)`` where ``lambda_i`` are the eigenvalues
+    of the symmetric PSD matrix ``C_a^(1/2) C_b C_a^(1/2)`` (similar to ``C_a C_b``), so
+    no imaginary round-off arises; eigenvalues below 0 (round-off) count as 0. The result
+    is clamped at 0 (it is a squared distance).
+
+    Returns a Python float; NaN when any feature is NaN or inf (a diverged model's images
+    must not get a plausible score).
+
+    Note: the paper's published FIDs used ``numpy.cov`` on (samples, features) arrays
+    without ``rowvar=False`` -- a covariance over *samples* -- so they are not comparable
+    with this (standard) value.
+    """
+    _check_tensor("a", a, 2)
+    _check_tensor("b", b, 2)
+    if a.shape[1] != b.shape[1]:
+        raise ValueError(f"b: has {b.shape[1]} features per row but a has {a.shape[1]}")
+    if a.shape[1] < 1:
+        raise ValueError("a: has no features (F = 0)")
+    for name, t in (("a", a), ("b", b)):
+        if t.shape[0] < 2:
+            raise ValueError(f"{name}: needs at least 2 rows (samples) for a covariance, "
+                             f"got {t.shape[0]}")
+    a64, b64 = a.double(), b.double().to(a.device)
+    if not (torch.isfinite(a64).all() and torch.isfinite(b64).all()):
+        return float("nan")
+    mu_a, mu_b = a64.mean(0), b64.mean(0)
+    ca = torch.cov(a64.T).reshape(a.shape[1], a.shape[1])
+    cb = torch.cov(b64.T).reshape(b.shape[1], b.shape[1])
+    sa = _psd_sqrt(ca)
+    m = sa @ cb @ sa
+    m = 0.5 * (m + m.T)
+    tr_sqrt = torch.linalg.eigvalsh(m).clamp_min(0.0).sqrt().sum()
+    d2 = (mu_a - mu_b).pow(2).sum() + torch.trace(ca) + torch.trace(cb) - 2.0 * tr_sqrt
+    return max(float(d2), 0.0)
+
+
+def estimated_dictionary(X: torch.Tensor, Z: torch.Tensor, ridge: float = 0.0) -> torch.Tensor:
+    """Least-squares linear dictionary from codes to images, section 4.2::
+
+        X ~= A Z   (columns are samples)   ->   A_hat = (X Z^T) (Z Z^T)^(-1)
+
+    (Isely et al., 2010; Fallah et al., 2020). Here samples are rows: ``X`` is (N, D)
+    (images flattened, or (N, C, H, W), flattened row-major) and ``Z`` (N, d) the
+    inferred codes of the same images; the result is (D, d), column i the image-space
+    direction that latent i stands for (Figures 6, 8, 20-23). No intercept, as the paper.
+
+    ``ridge = 0`` uses the Moore-Penrose pseudo-inverse of ``Z^T Z`` (as the paper's
+    public notebook ``vsc_celeba_dict_est.ipynb``, ``C_sr @ pinv(C_rr)``: the 1/N of its
+    two covariances cancels), so a latent that is zero on every sample -- common with
+    sparse priors -- gets an exactly zero column instead of breaking the inverse (such
+    latents are left out of the solve; the others get what the pseudo-inverse gives them,
+    which it does anyway as their rows and columns of ``Z^T Z`` are zero); ``ridge > 0``
+    solves ``A (Z^T Z + ridge I) = X^T Z``. Computed in float64; returns float64 (D, d).
+    (The notebook estimates it on images resized to 32x32; pass whatever images you want
+    the atoms to show.)
+    """
+    _check_tensor("Z", Z, 2)
+    _check_tensor("X", X)
+    if X.dim() < 2:
+        raise ValueError(f"X: expected (N, D) or (N, C, H, W), got shape {tuple(X.shape)}")
+    if X.shape[0] != Z.shape[0]:
+        raise ValueError(f"Z: has {Z.shape[0]} rows but X has {X.shape[0]}")
+    if Z.shape[0] < 1 or Z.shape[1] < 1:
+        raise ValueError(f"Z: is empty, shape {tuple(Z.shape)}")
+    ridge = _check_nonneg("ridge", ridge)
+    x64 = X.reshape(X.shape[0], -1).double()
+    z64 = Z.double().to(x64.device)
+    if not (torch.isfinite(x64).all() and torch.isfinite(z64).all()):
+        raise ValueError("X, Z: contain NaN or inf")
+    # Latents that are zero on every sample get exactly zero columns (what the
+    # pseudo-inverse gives them, without its round-off); the others are solved for.
+    active = (z64 != 0).any(dim=0)
+    out = torch.zeros(x64.shape[1], z64.shape[1], dtype=torch.float64, device=x64.device)
+    if not bool(active.any()):
+        return out
+    za = z64[:, active]
+    gram = za.T @ za                        # Z^T Z
+    cross = za.T @ x64                      # Z^T X
+    if ridge > 0:
+        gram = gram + ridge * torch.eye(gram.shape[0], dtype=gram.dtype, device=gram.device)
+        a_t = torch.linalg.solve(gram, cross)
+    else:
+        a_t = torch.linalg.pinv(gram, hermitian=True) @ cross
+    out[:, active] = a_t.T
+    return out
+
+
+def point_biserial(Z: torch.Tensor, Y: torch.Tensor) -> torch.Tensor:
+    """Point-biserial correlation of every latent with every binary attribute (Figure 8)::
+
+        rho[n, m] = (M1 - M0) / s_N * sqrt(n1 n0) / N
+
+    with ``M1``, ``M0`` the means of latent n over the samples whose attribute m is 1 or 0,
+    ``n1``, ``n0`` their counts and ``s_N`` the standard deviation of latent n over all N
+    samples (denominator N) -- equal to the Pearson correlation of z_n with y_m and to
+    ``scipy.stats.pointbiserialr``.
+
+    Args:
+        Z: (N, d) latent codes.
+        Y: (N, A) attributes in {0, 1} (bool, int or float).
+
+    Returns float64 (d, A). Undefined entries are NaN, never a number: a latent that is
+    constant over the samples (e.g. always exactly 0, as dead latents of sparse priors)
+    or an attribute that is constant (all 0 or all 1) has no correlation (scipy returns
+    NaN too). Constancy is tested exactly (max == min), not on the rounded centered
+    values. NaN in ``Z`` gives NaN in that latent's row.
+
+    (The paper's public notebook takes M1 over the samples whose attribute is 0, so its
+    values are the negatives of these; Figure 8 ranks latents by ``|rho|``, which is the
+    same.)
+    """
+    _check_tensor("Z", Z, 2)
+    _check_tensor("Y", Y, 2, floating=False)
+    if Y.shape[0] != Z.shape[0]:
+        raise ValueError(f"Y: has {Y.shape[0]} rows but Z has {Z.shape[0]}")
+    if Z.shape[0] < 2:
+        raise ValueError(f"Z: needs at least 2 rows (samples), got {Z.shape[0]}")
+    y64 = Y.double().to(Z.device)
+    if not bool(((y64 == 0) | (y64 == 1)).all()):
+        raise ValueError("Y: attributes must be 0 or 1")
+    z64 = Z.double()
+    zc = z64 - z64.mean(0)
+    yc = y64 - y64.mean(0)
+    r = (zc.T @ yc) / (zc.pow(2).sum(0).sqrt()[:, None] * yc.pow(2).sum(0).sqrt()[None, :])
+    r = r.clamp(-1.0, 1.0)
+    z_const = z64.amax(0) == z64.amin(0)
+    y_const = y64.amax(0) == y64.amin(0)
+    undefined = z_const[:, None] | y_const[None, :] | torch.isnan(z64).any(0)[:, None]
+    return torch.where(undefined, torch.full_like(r, float("nan")), r)
