@@ -26,17 +26,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
-import os
 from pathlib import Path
-from typing import Iterable, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._io import atomic_write
+from ._io import atomic_write, cache_root
 from .metrics import frechet_distance
 
 __all__ = ["FeatureExtractor", "make_feature_extractor", "fid", "FIDInceptionV3",
@@ -56,9 +54,8 @@ class FeatureExtractor(Protocol):
 
 
 def default_cache_dir() -> Path:
-    """``$VSC_CACHE`` if set, else ``~/.cache/vsc``."""
-    env = os.environ.get("VSC_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "vsc"
+    """``$VSC_CACHE`` if set, else ``~/.cache/vsc`` (the classifiers go to its ``fid/``)."""
+    return cache_root()
 
 
 # =============================================================== the FID Inception-v3
