@@ -133,6 +133,7 @@ def test_bad_arguments():
         load_image_dataset("digits", "train").set_epoch(-1)
     with pytest.raises(ValueError, match="options"):
         load_image_dataset("digits", "train", train_size=10)
+    assert len(load_image_dataset("digits", "val", cache_dir="/nonexistent")) == 300  # ignored
     with pytest.raises(IndexError):
         load_image_dataset("digits", "val")[300]
 
