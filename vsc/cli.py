@@ -52,8 +52,9 @@ def _train(args) -> int:
     config = load_config(resolve_config_path(args.config), overrides)
     out = Path(args.out) if args.out else Path("runs") / f"{config.name or 'run'}_seed{config.seed}"
     args.out_dir = out
+    runs.check_free(out)  # these two say so before the data are loaded
     if args.resume:
-        runs.find_checkpoint(out)  # says so before the data are loaded
+        runs.find_checkpoint(out)
     print(f"vsc train: {config.name or args.config} -> {out}", flush=True)
     summary = train(config, out, resume=args.resume, progress=not args.no_progress)
     print(json.dumps(summary, indent=2))
@@ -67,6 +68,7 @@ def _eval(args) -> int:
     config_path = run / "config.json"
     if not config_path.exists():
         raise FileNotFoundError(f"{run} holds no run (no config.json)")
+    runs.check_free(run)
     runs.find_checkpoint(run)
     config = load_config(config_path, [f"device={json.dumps(args.device)}"] if args.device else [])
     with runs.RunLock(run):
