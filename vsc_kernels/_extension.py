@@ -10,11 +10,13 @@ Where the binary lives. One folder per binary, under ``TORCH_EXTENSIONS_DIR``
 (default: torch's ``~/.cache/torch_extensions``), named after what determines it:
 ``vsc_kernels_cpu_<python tag>_torch<version>_<key>``, the key hashing the sources'
 bytes, the compile flags, the torch build, the Python ABI and platform and ``$CXX``.
-The sources are copied into the folder (``src/``) and compiled from there, so every
-checkout, venv or installed wheel with the same sources, torch and Python shares one
-build and none rebuilds another's (torch's own ``build.ninja`` would otherwise record
-each checkout's source paths and rebuild on every switch). Stale folders of old
-sources are left in place (a few MB each); delete them freely.
+The sources are copied into the folder (``src/``) and compiled from there. Once a
+build has succeeded, the folder gets a ``built`` stamp and later processes import the
+module directly (no lock, no ninja), so every checkout, venv or installed wheel with
+the same sources, torch build and Python shares one build and none rebuilds
+another's (torch's ``load`` would rerun ninja, whose ``build.ninja`` records the
+source, torch and Python paths of the caller, and recompile on every switch). Stale
+folders of old sources are left in place (a few MB each); delete them freely.
 
 Locking. Builders take ``build.lock`` in that folder (an ``flock`` holding the
 builder's pid, :mod:`vsc_kernels._filelock`): the kernel drops it when its process
@@ -35,6 +37,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import importlib.util
 import os
 import re
 import sys
@@ -51,6 +54,7 @@ BUILD_TIMEOUT_ENV = "VSC_KERNELS_BUILD_TIMEOUT"
 DEFAULT_BUILD_TIMEOUT = 600.0
 BUILD_LOCK = "build.lock"
 TORCH_BATON = "lock"  # torch.utils.file_baton.FileBaton's file in the build folder
+BUILT_STAMP = "built"  # written once the module has been built and imported
 
 
 def _find_csrc() -> Path:
@@ -137,13 +141,24 @@ def _say(message: str) -> None:
     print(f"vsc_kernels: {message}", file=sys.stderr, flush=True)
 
 
+def _import(folder: Path):
+    path = folder / f"{EXTENSION_NAME}.so"
+    spec = importlib.util.spec_from_file_location(EXTENSION_NAME, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def build_and_load():
-    """Build (if needed) and import the module, under the build lock."""
-    from torch.utils.cpp_extension import load
+    """Import the module, building it first (under the build lock) if this folder holds
+    no finished build yet."""
+    import torch  # noqa: F401  (the module links against the loaded libtorch)
 
     if not _source_files():
         raise FileNotFoundError(f"no C++ sources found in {CSRC_DIR}")
     folder = build_directory()
+    if (folder / BUILT_STAMP).exists():
+        return _import(folder)  # finished once, never rewritten: no lock, no ninja
     lock_path = folder / BUILD_LOCK
     timeout = _build_timeout()
     lock = PidLock(lock_path, timeout=timeout, on_wait=lambda holder: _say(
@@ -160,18 +175,23 @@ def build_and_load():
             f"with it. Or wait longer (${BUILD_TIMEOUT_ENV}=seconds), or run without the C++ "
             f"kernels (VSC_KERNELS_BACKEND=reference).") from None
     try:
+        if (folder / BUILT_STAMP).exists():  # built while we waited
+            return _import(folder)
+        from torch.utils.cpp_extension import load
+
         sources = _stage_sources(folder / "src")
         baton = folder / TORCH_BATON
         if baton.exists():  # we hold build.lock: its torch builder was killed
             baton.unlink()
             _say(f"removed {baton}, left by a build that was killed")
-        if not (folder / f"{EXTENSION_NAME}.so").exists():
-            _say(f"building the C++ kernels once, about 30 s (cached in {folder})")
-        return load(name=EXTENSION_NAME, sources=[str(s) for s in sources],
-                    extra_include_paths=[str(folder / "src")],
-                    # copies: torch appends its own -L/-l flags to the list it is given
-                    extra_cflags=list(EXTRA_CFLAGS), extra_ldflags=list(EXTRA_LDFLAGS),
-                    build_directory=str(folder), verbose=False)
+        _say(f"building the C++ kernels once, about 30 s (cached in {folder})")
+        module = load(name=EXTENSION_NAME, sources=[str(s) for s in sources],
+                      extra_include_paths=[str(folder / "src")],
+                      # copies: torch appends its own -L/-l flags to the list it is given
+                      extra_cflags=list(EXTRA_CFLAGS), extra_ldflags=list(EXTRA_LDFLAGS),
+                      build_directory=str(folder), verbose=False)
+        (folder / BUILT_STAMP).write_text(f"{module.__file__}\n")
+        return module
     finally:
         lock.release()
 
