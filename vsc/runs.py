@@ -231,7 +231,8 @@ class StopOnSignal:
     """Within the ``with`` block, SIGINT and SIGTERM set :attr:`requested` (the signal
     number in :attr:`signum`) instead of killing the process; a second SIGINT raises
     ``KeyboardInterrupt`` (for a loop that stopped checking). The previous handlers
-    come back on exit. Outside the main thread (where Python cannot install signal
+    come back on exit. A signal the process ignores (``nohup``, a background job of a
+    script) stays ignored. Outside the main thread (where Python cannot install signal
     handlers) it installs nothing and :attr:`requested` stays False."""
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -258,6 +259,8 @@ class StopOnSignal:
     def __enter__(self) -> "StopOnSignal":
         try:
             for sig in self.SIGNALS:
+                if signal.getsignal(sig) is signal.SIG_IGN:
+                    continue  # ignored on purpose (nohup, a background job): keep it so
                 self._previous[sig] = signal.signal(sig, self._handle)
         except ValueError:  # not the main thread
             self.__exit__()
