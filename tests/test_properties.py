@@ -96,6 +96,8 @@ def threshold_cases(draw):
         estimator=draw(st.sampled_from(["straight", "subgradient", "straight_shift"])),
         warmup=draw(st.floats(0.0, 1.5)), prior_scale=draw(st.floats(0.05, 2.0)),
         lam_value=draw(st.floats(0.0, 1.5)), return_kl=draw(st.booleans()),
+        mu_scale=draw(st.sampled_from([1e-3, 1.0, 30.0])),
+        logb_shift=draw(st.sampled_from([-6.0, -0.5, 3.0])),
         seed=draw(st.integers(0, 2**31 - 1)),
     )
 
@@ -126,8 +128,8 @@ def test_threshold_sample_matches_reference(backend):
     @given(threshold_cases())
     def check(case):
         lead, d, J, dtype = case["lead"], case["d"], case["J"], case["dtype"]
-        mu = randn(case["seed"], *lead, d).to(dtype)
-        logb = randn(case["seed"] + 2, *lead, d, scale=0.5, shift=-0.5).to(dtype)
+        mu = randn(case["seed"], *lead, d, scale=case["mu_scale"]).to(dtype)
+        logb = randn(case["seed"] + 2, *lead, d, scale=0.5, shift=case["logb_shift"]).to(dtype)
         out_shape = (*lead, *(() if J is None else (J,)), d)
         lam = _threshold_lam(case, out_shape)
         lam = lam.to(device) if isinstance(lam, torch.Tensor) else lam
