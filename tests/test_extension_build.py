@@ -175,3 +175,22 @@ def test_pid_lock_waits_for_a_release(tmp_path):
     assert len(waits) == 1 and waits[0]["pid"] == os.getpid()
     with PidLock(path, timeout=0):
         pass
+
+
+def test_a_pinned_build_folder_rebuilds_when_the_sources_change(tmp_path, monkeypatch):
+    """``$VSC_KERNELS_BUILD_DIR`` (editing csrc/): one folder, rebuilt (incrementally, by
+    ninja) whenever the build key changes."""
+    import torch.utils.cpp_extension as cpp_extension
+
+    monkeypatch.setenv(_extension.BUILD_DIR_ENV, str(tmp_path / "pinned"))
+    calls = []
+    monkeypatch.setattr(cpp_extension, "load", lambda **kwargs: calls.append(kwargs) or
+                        types.SimpleNamespace(__file__="module.so"))
+    monkeypatch.setattr(_extension, "_import", lambda folder: "imported")
+    assert _extension.build_directory() == tmp_path / "pinned"
+    _extension.build_and_load()
+    assert _extension.build_and_load() == "imported" and len(calls) == 1
+    monkeypatch.setenv("CXX", "another-compiler")  # any change of the key
+    _extension.build_and_load()
+    assert len(calls) == 2 and calls[1]["build_directory"] == str(tmp_path / "pinned")
+    assert _extension.build_and_load() == "imported"

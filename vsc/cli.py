@@ -232,17 +232,17 @@ def _run(args, argv: list[str], prefix: str) -> int:
     except FloatingPointError as error:  # a diverged run: its checkpoint is intact
         print(f"{prefix}: {error}", file=sys.stderr)
         return 1
+    except user_errors as error:
+        lines = error.lines if isinstance(error, ConfigError) else [str(error)]
+        for line in lines:
+            print(f"{prefix}: error: {line}", file=sys.stderr)
+        return 2
     except (MemoryError, RuntimeError) as error:  # e.g. n_val=10000000: the data do not fit
         if isinstance(error, RuntimeError) and "can't allocate memory" not in str(error):
             raise
         print(f"{prefix}: error: out of memory ({str(error).strip().splitlines()[0]}); use a "
               f"smaller config (n_train, n_val, batch_size, eval_rows, latent_dim)",
               file=sys.stderr)
-        return 2
-    except user_errors as error:
-        lines = error.lines if isinstance(error, ConfigError) else [str(error)]
-        for line in lines:
-            print(f"{prefix}: error: {line}", file=sys.stderr)
         return 2
 
 

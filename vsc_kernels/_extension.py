@@ -16,7 +16,9 @@ module directly (no lock, no ninja), so every checkout, venv or installed wheel 
 the same sources, torch build and Python shares one build and none rebuilds
 another's (torch's ``load`` would rerun ninja, whose ``build.ninja`` records the
 source, torch and Python paths of the caller, and recompile on every switch). Stale
-folders of old sources are left in place (a few MB each); delete them freely.
+folders of old sources are left in place (a few MB each); delete them freely. While
+editing ``csrc/``, ``$VSC_KERNELS_BUILD_DIR`` pins one folder instead, in which ninja
+recompiles only the changed files (the stamp then holds the key of the last build).
 
 Locking. Builders take ``build.lock`` in that folder (an ``flock`` holding the
 builder's pid, :mod:`vsc_kernels._filelock`): the kernel drops it when its process
@@ -54,7 +56,8 @@ BUILD_TIMEOUT_ENV = "VSC_KERNELS_BUILD_TIMEOUT"
 DEFAULT_BUILD_TIMEOUT = 600.0
 BUILD_LOCK = "build.lock"
 TORCH_BATON = "lock"  # torch.utils.file_baton.FileBaton's file in the build folder
-BUILT_STAMP = "built"  # written once the module has been built and imported
+BUILT_STAMP = "built"  # holds the build key once the module has been built and imported
+BUILD_DIR_ENV = "VSC_KERNELS_BUILD_DIR"  # a fixed folder instead of the keyed one
 
 
 def _find_csrc() -> Path:
@@ -101,9 +104,13 @@ def build_key() -> str:
 
 
 def build_directory() -> Path:
-    """The folder that holds (or will hold) this binary."""
+    """The folder that holds (or will hold) this binary: ``$VSC_KERNELS_BUILD_DIR`` if
+    set, else a folder of ``$TORCH_EXTENSIONS_DIR`` named after the build key."""
     import torch
     from torch.utils.cpp_extension import get_default_build_root
+
+    if os.environ.get(BUILD_DIR_ENV):
+        return Path(os.environ[BUILD_DIR_ENV]).expanduser().resolve()
 
     root = os.environ.get("TORCH_EXTENSIONS_DIR") or get_default_build_root()
     tag = re.sub(r"[^A-Za-z0-9_.-]", "_", f"{sys.implementation.cache_tag}_torch{torch.__version__}")
@@ -149,6 +156,13 @@ def _import(folder: Path):
     return module
 
 
+def _built(folder: Path, key: str) -> bool:
+    try:
+        return (folder / BUILT_STAMP).read_text() == key
+    except OSError:
+        return False
+
+
 def build_and_load():
     """Import the module, building it first (under the build lock) if this folder holds
     no finished build yet."""
@@ -157,7 +171,8 @@ def build_and_load():
     if not _source_files():
         raise FileNotFoundError(f"no C++ sources found in {CSRC_DIR}")
     folder = build_directory()
-    if (folder / BUILT_STAMP).exists():
+    key = build_key()
+    if _built(folder, key):
         return _import(folder)  # finished once, never rewritten: no lock, no ninja
     lock_path = folder / BUILD_LOCK
     timeout = _build_timeout()
@@ -175,7 +190,7 @@ def build_and_load():
             f"with it. Or wait longer (${BUILD_TIMEOUT_ENV}=seconds), or run without the C++ "
             f"kernels (VSC_KERNELS_BACKEND=reference).") from None
     try:
-        if (folder / BUILT_STAMP).exists():  # built while we waited
+        if _built(folder, key):  # built while we waited
             return _import(folder)
         from torch.utils.cpp_extension import load
 
@@ -190,7 +205,7 @@ def build_and_load():
                       # copies: torch appends its own -L/-l flags to the list it is given
                       extra_cflags=list(EXTRA_CFLAGS), extra_ldflags=list(EXTRA_LDFLAGS),
                       build_directory=str(folder), verbose=False)
-        (folder / BUILT_STAMP).write_text(f"{module.__file__}\n")
+        (folder / BUILT_STAMP).write_text(key)
         return module
     finally:
         lock.release()
