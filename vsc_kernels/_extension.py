@@ -49,8 +49,6 @@ import threading
 import warnings
 from pathlib import Path
 
-from ._filelock import LockBusy, PidLock, describe_holder
-
 EXTENSION_NAME = "vsc_kernels_cpu"
 BUILD_TIMEOUT_ENV = "VSC_KERNELS_BUILD_TIMEOUT"
 DEFAULT_BUILD_TIMEOUT = 600.0
@@ -174,6 +172,8 @@ def build_and_load():
     key = build_key()
     if _built(folder, key):
         return _import(folder)  # finished once, never rewritten: no lock, no ninja
+    from ._filelock import LockBusy, PidLock, describe_holder  # POSIX: elsewhere, no build
+
     lock_path = folder / BUILD_LOCK
     timeout = _build_timeout()
     lock = PidLock(lock_path, timeout=timeout, on_wait=lambda holder: _say(
