@@ -21,6 +21,7 @@ import torch
 from vsc import runs
 from vsc.cli import main
 from vsc.config import Config
+from vsc_kernels._extension import cpp_available
 
 SMALL = dict(n_train=400, n_val=200, batch_size=50, num_samples=4, eval_rows=100, iwae_k=8,
              snr_samples=4, jaccard_passes=4, fista_max_iter=60, warmup_step=2e-2,
@@ -103,6 +104,9 @@ def test_resume_with_nothing_to_resume_says_so(tmp_path, capsys):
 
 
 def _start(small_toml, out, epochs=200):
+    # Build the C++ kernels here first: a child that builds them inside its first step
+    # (minutes on a loaded machine) would not reach the end of the step in time.
+    cpp_available()
     argv = ["train", str(small_toml), f"epochs={epochs}", "--out", str(out), "--no-progress"]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     child = subprocess.Popen([sys.executable, "-m", "vsc.cli", *argv], env=env,
