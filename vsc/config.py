@@ -159,13 +159,35 @@ def read_file(path: str | Path) -> dict:
         raise ValueError(f"{path}: not valid TOML: {error}") from error
 
 
-def build_config(values: dict, overrides: list[str] = ()) -> Config:
+def config_class(values: dict) -> type:
+    """The dataclass a config's values describe: ``generator = "dnn"`` is a DNN-generator
+    run (:class:`vsc.dnn.config.DnnConfig`); anything else the linear generator's."""
+    generator = values.get("generator", "linear")
+    if generator == "dnn":
+        from .dnn.config import DnnConfig
+        return DnnConfig
+    if generator != "linear":
+        raise ValueError(f"config: generator must be 'linear' or 'dnn', got {generator!r}")
+    return Config
+
+
+def build_config(values: dict, overrides: list[str] = ()):
+    """A :class:`Config` or :class:`vsc.dnn.config.DnnConfig` (:func:`config_class`) from
+    ``values`` and ``key=value`` overrides."""
     values = dict(values)
     for item in overrides:
         if "=" not in item:
             raise ValueError(f"override {item!r} is not key=value")
         key, text = item.split("=", 1)
         values[key.strip()] = parse_value(text.strip())
+    cls = config_class(values)
+    if cls is not Config:
+        fields = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - fields)
+        if unknown:
+            raise ValueError(f"config: unknown field(s) {unknown}; known: {sorted(fields)}")
+        return cls(**values)
+    values.pop("generator", None)
     quick = bool(values.pop("quick", False))
     full = bool(values.pop("full", False))
     unknown = sorted(set(values) - set(FIELDS))
@@ -176,7 +198,7 @@ def build_config(values: dict, overrides: list[str] = ()) -> Config:
     return Config(**values)
 
 
-def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
+def load_config(path: str | Path | None, overrides: list[str] = ()):
     values = read_file(path) if path is not None else {}
     if "name" not in values and path is not None:
         values["name"] = Path(path).stem

@@ -1,0 +1,227 @@
+"""Configuration of a DNN-generator run (section 4.2, Appendix E): one flat dataclass,
+loaded from TOML by :func:`vsc.config.load_config` when the file says
+``generator = "dnn"``, every field overridable as ``key=value``.
+
+Defaults are Appendix E's Fashion-MNIST values; the shipped configs
+(``vsc/configs/dnn/quick.toml``, ``fmnist/<prior>.toml``, ``celeba/<prior>.toml``) set
+the rest. Where the paper is silent the public code decides (comments below say which).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from statistics import NormalDist
+
+from ..priors import PRIORS
+from .objective import DECODES
+
+SAMPLING = ("max", "avg", "iwae")
+ESTIMATORS = ("straight", "subgradient", "straight_shift")
+AMP = ("off", "bf16", "fp16")
+LR_SCHEDULES = ("cycle", "constant")
+BASES = {"gaussian": "gaussian", "thresholded_gaussian": "gaussian", "laplacian": "laplace",
+         "thresholded_laplacian": "laplace"}
+
+
+def threshold_for_percent(pct_nonzero: float, base: str, prior_scale: float) -> float:
+    """The threshold ``lam0`` at which a sample of the prior's base distribution is
+    non-zero after thresholding with probability ``pct_nonzero / 100`` (its tail mass):
+
+    * Laplace(0, b0), ``b0 = prior_scale``: ``P(|s| > lam) = exp(-lam / b0)``, so
+      ``lam0 = b0 ln(100 / pct)`` (b0 = 0.1, 10%: 0.230, the public code's 0.23);
+    * Gaussian N(0, sigma0^2), ``sigma0^2 = prior_scale``:
+      ``P(|s| > lam) = erfc(lam / (sigma0 sqrt 2))``, so ``lam0 = sigma0 Phi^-1(1 - p/2)``
+      (0.1, 10%: 0.520, Appendix D's 0.52; 20%: 0.405, the public CelebA config's).
+    """
+    if not 0 < pct_nonzero <= 100:
+        raise ValueError(f"pct_nonzero must be in (0, 100], got {pct_nonzero}")
+    if prior_scale <= 0:
+        raise ValueError(f"prior_scale must be > 0, got {prior_scale}")
+    p = pct_nonzero / 100.0
+    if base == "laplace":
+        return prior_scale * math.log(1.0 / p)
+    if base == "gaussian":
+        return 0.0 if p == 1.0 else math.sqrt(prior_scale) * NormalDist().inv_cdf(1.0 - p / 2)
+    raise ValueError(f"base must be 'laplace' or 'gaussian', got {base!r}")
+
+
+@dataclass
+class DnnConfig:
+    generator: str = "dnn"               # selects this dataclass in vsc.config.load_config
+    # data (vsc.datasets.load_image_dataset)
+    data: str = "digits"                 # "digits" (embedded), a Fashion-MNIST or CelebA folder
+    n_train: int | None = None           # first n training images; None: all
+    n_val: int | None = None             # first n validation images; None: all
+    architecture: str = "auto"           # "auto" (from the image shape), "fmnist", "celeba"
+    num_workers: int = 0                 # DataLoader worker processes per rank
+    # model and prior
+    latent_dim: int = 256
+    prior: str = "thresholded_gaussian"
+    pct_nonzero: float = 10.0            # % non-zero the prior encourages (Figure 7's sweep)
+    threshold: float | None = None       # lam0; None: from pct_nonzero (threshold_for_percent)
+    learn_threshold: bool = False        # Gamma(alpha0, alpha0 / lam0) prior on lam
+    gamma_alpha0: float = 3.0
+    gamma_kl_weight: float = 0.1         # beta2 / beta1 (Appendix E)
+    prior_scale: float = 0.1             # b0 (Laplace) or sigma0^2 (Gaussian, slab); public 0.1
+    spike_prior: float | None = None     # spike-and-slab prior P(non-zero); None: pct / 100
+    estimator: str = "straight"          # eq. (4); "straight_shift" is the public code's variant
+    # Scale warm-up w (Appendix B) for the Laplace/Gaussian families, KL warm-up for the
+    # spike-and-slab: start + step * max(iteration - delay, 0), capped at 1. The public
+    # DNN scripts use none (the Laplacian's warm-up is set to 1.0 before training, the
+    # Gaussian's sampler has none): start 1.0.
+    warmup_start: float = 1.0
+    warmup_step: float = 2e-4
+    warmup_delay: int = 500
+    tau_decay: float = 0.9995            # spike-and-slab temperature per iteration (public)
+    tau_min: float = 0.005               # public DNN configs' temp_min
+    # objective
+    num_samples: int = 20                # J (Appendix E: 20 Fashion-MNIST, 10 CelebA)
+    sampling: str = "max"                # eq. (9); "avg" eq. (7); "iwae"
+    beta: float = 1e-2                   # KL weight (Appendix E: 1e-2 FMNIST, 1e-3 CelebA)
+    decode: str = "auto"                 # "all", "selected" (max only); auto: selected for max
+    # optimization (Appendix E; the schedule is the public code's CycleScheduler)
+    epochs: int = 300
+    batch_size: int = 512                # global: split evenly over the processes
+    lr: float = 3e-4
+    adam_beta1: float = 0.5
+    adam_beta2: float = 0.999
+    weight_decay: float = 1e-5
+    lr_schedule: str = "cycle"           # linear warm-up from lr/25, cosine to lr/25e4; "constant"
+    lr_warmup_fraction: float = 0.05
+    amp: str = "off"                     # "bf16", "fp16" (with a GradScaler) or "off"
+    seed: int = 0
+    device: str = "auto"                 # "auto" (cuda if available), "cpu", "cuda"
+    # evaluation and bookkeeping
+    eval_rows: int | None = None         # validation images for the per-epoch metrics; None: all
+    eval_batch_size: int = 256
+    fid: bool = True                     # FID of reconstructions every epoch
+    fid_weights: str | None = None       # Inception weights file (standard FID); None: offline
+    cache_dir: str | None = None         # FID feature extractor cache
+    checkpoint_minutes: float = 10.0     # also checkpoint within an epoch this often
+    checkpoint_every: int = 0            # and every this many steps (0: never)
+    name: str = ""
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        self.validate()
+
+    def validate(self):
+        def bad(message):
+            raise ValueError(f"config: {message}")
+
+        for f in dataclasses.fields(self):
+            if not _has_type(getattr(self, f.name), _HINTS[f.name]):
+                bad(f"{f.name} must be {_type_name(_HINTS[f.name])}, got "
+                    f"{getattr(self, f.name)!r}")
+        choices = {"generator": ("dnn",), "sampling": SAMPLING, "estimator": ESTIMATORS,
+                   "amp": AMP, "lr_schedule": LR_SCHEDULES, "decode": ("auto",) + DECODES}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                bad(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        if not self.data:
+            bad("data is empty: pass data=PATH (the Fashion-MNIST or CelebA folder) or "
+                "data=digits (the embedded digits)")
+        if self.prior not in PRIORS:
+            bad(f"unknown prior {self.prior!r}; choose one of {sorted(PRIORS)}")
+        if self.decode == "selected" and self.sampling != "max":
+            bad(f"decode='selected' needs sampling='max', got sampling={self.sampling!r}")
+        for name in ("latent_dim", "num_samples", "epochs", "batch_size", "eval_batch_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                bad(f"{name} must be an integer >= 1, got {value!r}")
+        for name in ("n_train", "n_val", "eval_rows"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                                      or value < 2):
+                bad(f"{name} must be an integer >= 2 or absent, got {value!r}")
+        for name in ("num_workers", "warmup_delay", "checkpoint_every"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                bad(f"{name} must be an integer >= 0, got {value!r}")
+        for name in ("beta", "lr", "weight_decay", "gamma_kl_weight", "warmup_start",
+                     "warmup_step", "checkpoint_minutes", "lr_warmup_fraction"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+                bad(f"{name} must be a finite number >= 0, got {value!r}")
+        for name in ("prior_scale", "gamma_alpha0"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+                bad(f"{name} must be a finite number > 0, got {value!r}")
+        if not 0 < self.pct_nonzero <= 100:
+            bad(f"pct_nonzero must be in (0, 100], got {self.pct_nonzero}")
+        if self.threshold is not None and self.threshold < 0:
+            bad(f"threshold must be >= 0, got {self.threshold}")
+        if self.spike_prior is not None and not 0 < self.spike_prior < 1:
+            bad(f"spike_prior must be in (0, 1), got {self.spike_prior}")
+        for name in ("adam_beta1", "adam_beta2"):
+            if not 0 <= getattr(self, name) < 1:
+                bad(f"{name} must be in [0, 1), got {getattr(self, name)}")
+        if not 0 < self.tau_decay <= 1 or self.tau_min <= 0:
+            bad(f"tau_decay must be in (0, 1] and tau_min > 0, got {self.tau_decay}, "
+                f"{self.tau_min}")
+        if self.lr_warmup_fraction >= 1:
+            bad(f"lr_warmup_fraction must be < 1, got {self.lr_warmup_fraction}")
+        if self.prior == "spike_slab" and (self.threshold is not None or self.learn_threshold):
+            bad("prior 'spike_slab' has no threshold (its sparsity is spike_prior)")
+        if self.prior in ("gaussian", "laplacian") and (self.threshold or self.learn_threshold):
+            bad(f"prior {self.prior!r} has no threshold; use 'thresholded_{self.prior}'")
+
+    # -- derived ---------------------------------------------------------------------
+    @property
+    def resolved_decode(self) -> str:
+        if self.decode != "auto":
+            return self.decode
+        return "selected" if self.sampling == "max" else "all"
+
+    @property
+    def lam0(self) -> float | None:
+        """The threshold: ``threshold`` or the prior's tail mass at ``pct_nonzero``."""
+        if self.prior not in ("thresholded_gaussian", "thresholded_laplacian"):
+            return None
+        if self.threshold is not None:
+            return float(self.threshold)
+        return threshold_for_percent(self.pct_nonzero, BASES[self.prior], self.prior_scale)
+
+    def prior_options(self) -> dict:
+        options = {"prior_scale": self.prior_scale, "warmup_start": self.warmup_start,
+                   "warmup_step": self.warmup_step}
+        if self.prior == "spike_slab":
+            options.update(spike_prior=(self.spike_prior if self.spike_prior is not None
+                                        else self.pct_nonzero / 100.0),
+                           warmup_delay=self.warmup_delay, tau_decay=self.tau_decay,
+                           tau_min=self.tau_min)
+            return options
+        options.update(estimator=self.estimator, learn_threshold=self.learn_threshold,
+                       gamma_alpha0=self.gamma_alpha0, gamma_kl_weight=self.gamma_kl_weight)
+        if self.lam0 is not None:
+            options["threshold"] = self.lam0
+        return options
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+_HINTS = typing.get_type_hints(DnnConfig)
+
+
+def _has_type(value, hint) -> bool:
+    if isinstance(hint, types.UnionType):
+        return any(_has_type(value, h) for h in hint.__args__)
+    if hint is type(None):
+        return value is None
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, hint)
+
+
+def _type_name(hint) -> str:
+    if isinstance(hint, types.UnionType):
+        return " or ".join(_type_name(h) for h in hint.__args__)
+    return {type(None): "absent", float: "a number", int: "an integer", str: "a string",
+            bool: "true or false", dict: "a table"}.get(hint, str(hint))
