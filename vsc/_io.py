@@ -34,6 +34,13 @@ def atomic_output(path: str | Path) -> Iterator[Path]:
         raise
 
 
+def cache_root() -> Path:
+    """Root of the on-disk caches of the DNN experiments (decoded CelebA, FID classifiers):
+    ``$VSC_CACHE`` if set, else ``~/.cache/vsc``."""
+    env = os.environ.get("VSC_CACHE")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "vsc"
+
+
 def atomic_write(path: str | Path, write: Callable[[IO[bytes]], object]) -> Path:
     """Call ``write(handle)`` on a temporary binary file, then move it onto ``path``;
     on any error the temporary file is removed and ``path`` is untouched."""

@@ -67,7 +67,9 @@ def load_image_dataset(data, split: str, seed: int = 0, *, hflip: bool | None = 
         hflip: random horizontal flips; default ``None`` = the paper's choice (CelebA's
             training split only). Never allowed on the validation split.
         options: loader-specific keyword arguments (CelebA: ``train_size``, ``val_size``,
-            ``val_partition``, ``cache_dir``).
+            ``val_partition``, ``cache_dir``). ``cache_dir`` is accepted for every data set
+            and ignored by the in-memory ones (digits, Fashion-MNIST), so that a trainer can
+            pass it whatever the data; any other option they reject.
     """
     if split not in SPLITS:
         raise ValueError(f"split: expected one of {SPLITS}, got {split!r}")
@@ -76,6 +78,8 @@ def load_image_dataset(data, split: str, seed: int = 0, *, hflip: bool | None = 
         hflip = kind == "celeba" and split == "train"
     elif hflip and split != "train":
         raise ValueError("hflip: random flips apply to the training split only")
+    if kind != "celeba":
+        options.pop("cache_dir", None)
     if kind == "digits":
         if options:
             raise ValueError(f"options: the embedded digits take none, got {sorted(options)}")

@@ -19,6 +19,8 @@ from typing import Sequence
 
 import torch
 
+from vsc_kernels._philox import philox4x32
+
 __all__ = ["ImageDataset", "TensorImageDataset", "flip_decision", "SPLITS"]
 
 #: The split names :func:`vsc.datasets.load_image_dataset` accepts.
@@ -26,21 +28,6 @@ SPLITS = ("train", "val")
 
 _MASK32 = 0xFFFFFFFF
 _MASK64 = (1 << 64) - 1
-# Philox4x32-10 constants (Random123), as in vsc_kernels._philox.
-_M0, _M1 = 0xD2511F53, 0xCD9E8D57
-_W0, _W1 = 0x9E3779B9, 0xBB67AE85
-
-
-def _philox4x32_10(c0: int, c1: int, c2: int, c3: int, k0: int, k1: int) -> tuple[int, int, int, int]:
-    """Philox4x32-10 on Python ints (one counter); the same rounds as
-    :func:`vsc_kernels._philox.philox4x32`, which tests check it against."""
-    for _ in range(10):
-        p0 = _M0 * c0
-        p1 = _M1 * c2
-        c0, c1, c2, c3 = ((p1 >> 32) ^ c1 ^ k0, p1 & _MASK32, (p0 >> 32) ^ c3 ^ k1, p0 & _MASK32)
-        k0 = (k0 + _W0) & _MASK32
-        k1 = (k1 + _W1) & _MASK32
-    return c0, c1, c2, c3
 
 
 def flip_decision(seed: int, epoch: int, index: int) -> bool:
@@ -53,7 +40,9 @@ def flip_decision(seed: int, epoch: int, index: int) -> bool:
     s = int(seed) & _MASK64
     i = int(index) & _MASK64
     e = int(epoch) & _MASK64
-    x0, _, _, _ = _philox4x32_10(i & _MASK32, i >> 32, e & _MASK32, e >> 32, s & _MASK32, s >> 32)
+    # philox4x32 is written with shifts, masks and products only, so it runs on Python
+    # ints as well as on int64 tensors (~25 us per call here, no tensor overhead)
+    x0, _, _, _ = philox4x32(i & _MASK32, i >> 32, e & _MASK32, e >> 32, s & _MASK32, s >> 32)
     return bool(x0 >> 31)
 
 

@@ -48,7 +48,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .._io import atomic_output
+from .._io import atomic_output, cache_root
 from ._base import ImageDataset
 
 __all__ = ["CelebADataset", "load_celeba", "find_celeba_folder", "CELEBA_SPLIT_SIZES",
@@ -162,8 +162,7 @@ def _check_size(name: str, value) -> int | None:
 
 def default_cache_dir() -> Path:
     """``$VSC_CACHE/celeba`` if ``VSC_CACHE`` is set, else ``~/.cache/vsc/celeba``."""
-    env = os.environ.get("VSC_CACHE")
-    return (Path(env).expanduser() if env else Path.home() / ".cache" / "vsc") / "celeba"
+    return cache_root() / "celeba"
 
 
 class CelebADataset(ImageDataset):
