@@ -36,12 +36,12 @@ def test_overrides_use_toml_syntax_and_win_over_quick():
 
 
 @pytest.mark.parametrize("override,message", [
-    ('prior="cauchy"', "unknown prior 'cauchy'"),
+    ('prior="cauchy"', "prior=\"cauchy\": expected one of 'gaussian'"),
     ("fista_lambda=-1.0", "fista_lambda must be >= 0"),
     ("threshold=-0.2", "threshold"),
     ("num_samples=0", "num_samples must be >= 1"),
-    ('sampling="best"', "sampling must be one of"),
-    ("learning_rate=0.1", "unknown field"),
+    ('sampling="best"', "sampling=\"best\": expected one of 'max', 'avg', 'iwae'"),
+    ("learning_rate=0.1", "unknown key"),
 ])
 def test_bad_configs_fail_with_a_clear_message(override, message):
     with pytest.raises(ValueError, match=message):

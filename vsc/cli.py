@@ -1,15 +1,18 @@
-"""``vsc`` command line.
+"""vsc: train and evaluate sparse-coding models with the vsc-kernels ops.
 
-    vsc train CONFIG [key=value ...] [--out DIR] [--resume] [--device DEV] [--full]
-    vsc eval RUN_DIR
-    vsc table RUN_DIR [RUN_DIR ...]
-    vsc sweep CONFIG [CONFIG ...] [key=value ...] --latent-dims 64,512 --pct 5,10 [--run]
-    vsc figure7 RUN_DIR [RUN_DIR ...] [--out figure7.png]
+  vsc train CONFIG [key=value ...] [--out DIR] [--resume] [--device DEV] [--full]
+  vsc keys [CONFIG]              the override keys: type, default, help
+  vsc configs                    the shipped configs
+  vsc eval RUN_DIR               recompute a run's summary.json
+  vsc table RUN_DIR [RUN_DIR ...]
+  vsc sweep CONFIG [CONFIG ...] [key=value ...] --latent-dims 64,512 --pct 5,10 [--run]
+  vsc figure7 RUN_DIR [RUN_DIR ...] [--out figure7.png]
 
-``CONFIG`` is a TOML/YAML file or the name of a shipped config (``vsc configs``
-lists them, e.g. ``quick``, ``table1/thresholded_laplacian_J20``, ``dnn/quick`` or
-``fmnist/thresholded_gaussian``). DNN-generator configs (``generator = "dnn"``) also run
-under ``torchrun --nproc_per_node=N -m vsc.cli train CONFIG ...``.
+CONFIG is a TOML/YAML/JSON file or the name of a shipped config (e.g. quick,
+table1/thresholded_laplacian_J20, dnn/quick or fmnist/thresholded_gaussian). DNN-generator
+configs (generator = "dnn") also train under
+`torchrun --nproc_per_node=N -m vsc.cli train CONFIG ...`. `vsc COMMAND --help` describes
+each command.
 """
 
 from __future__ import annotations
@@ -24,7 +27,8 @@ from importlib import resources
 from pathlib import Path
 
 from . import runs
-from .config import load_config
+from .config import Config, config_class, load_config, read_file
+from .overrides import ConfigError, describe_fields
 
 
 def shipped_configs() -> dict[str, Path]:
@@ -48,7 +52,7 @@ def _train(args) -> int:
 
     overrides = list(args.overrides)
     if args.device:
-        overrides.append(f'device="{args.device}"')
+        overrides.append(f"device={json.dumps(args.device)}")
     if args.full:
         overrides.append("full=true")
     config = load_config(resolve_config_path(args.config), overrides)
@@ -57,9 +61,14 @@ def _train(args) -> int:
         if not args.out:   # fmnist/x and celeba/x share their stems: keep the folder's name
             label = args.config if args.config in shipped_configs() else Path(args.config).stem
             out = Path("runs") / f"{label.replace('/', '_')}_d{config.latent_dim}_seed{config.seed}"
+        args.out_dir = out
         return _train_dnn(args, config, out)
     if args.stop_after_steps is not None:
         raise ValueError("--stop-after-steps applies to DNN-generator configs")
+    args.out_dir = out
+    runs.check_free(out)  # these two say so before the data are loaded
+    if args.resume:
+        runs.find_checkpoint(out)
     print(f"vsc train: {config.name or args.config} -> {out}", flush=True)
     summary = train(config, out, resume=args.resume, progress=not args.no_progress)
     print(json.dumps(summary, indent=2))
@@ -72,6 +81,9 @@ def _train_dnn(args, config, out: Path) -> int:
 
     main_rank = os.environ.get("RANK", "0") == "0"
     if main_rank:
+        runs.check_free(out)  # these two say so before the data are loaded
+        if args.resume:
+            runs.find_checkpoint(out)
         world = os.environ.get("WORLD_SIZE", "1")
         print(f"vsc train: {config.name or args.config} -> {out} ({world} process(es))",
               flush=True)
@@ -80,21 +92,22 @@ def _train_dnn(args, config, out: Path) -> int:
                             stop_after_steps=args.stop_after_steps)
     except runs.Interrupted as stop:
         if main_rank:
-            print(f"vsc train: {stop}\n  continue with: {_resume_command(out)}",
+            print(f"vsc train: {stop}\nresume with: {_resume_command(out)}",
                   file=sys.stderr, flush=True)
         return stop.exit_code
     if main_rank:
         if "stopped_at_step" in summary:
             print(f"vsc train: stopped after step {summary['stopped_at_step']} with a "
-                  f"checkpoint; continue with: {_resume_command(out)}", flush=True)
+                  f"checkpoint; resume with: {_resume_command(out)}", flush=True)
         else:
             print(json.dumps(summary, indent=2))
     return 0
 
 
 def _resume_command(out: Path) -> str:
+    """This command without --stop-after-steps, with --resume (torchrun's when under it)."""
     argv, skip = [], False
-    for arg in sys.argv[1:]:        # this command without --stop-after-steps
+    for arg in sys.argv[1:]:
         if skip or arg.startswith("--stop-after-steps="):
             skip = False
             continue
@@ -114,7 +127,7 @@ def _sweep(args) -> int:
     names = [a for a in args.items if "=" not in a]
     overrides = [a for a in args.items if "=" in a]
     if not names:
-        raise ValueError("vsc sweep: name at least one DNN config (e.g. fmnist/gaussian)")
+        raise ValueError("name at least one DNN config (e.g. fmnist/gaussian)")
     planned = sweep_commands([(n, resolve_config_path(n)) for n in names], overrides,
                              parse_list(args.latent_dims, int), parse_list(args.pct),
                              parse_list(args.seeds, int), args.out_root, args.nproc)
@@ -134,25 +147,6 @@ def _figure7(args) -> int:
     return 0
 
 
-def _eval(args) -> int:
-    from .train import CHECKPOINT, Trainer, write_json
-
-    run = Path(args.run_dir)
-    config_path = run / "config.json"
-    if not (run / CHECKPOINT).exists() or not config_path.exists():
-        raise FileNotFoundError(f"{run} holds no finished or checkpointed run "
-                                f"({CHECKPOINT}, config.json)")
-    config = load_config(config_path, [f'device="{args.device}"'] if args.device else [])
-    if getattr(config, "generator", "linear") == "dnn":
-        return _eval_dnn(config, run)
-    trainer = Trainer(config, run, progress=False)
-    trainer.load_checkpoint(run / CHECKPOINT)
-    summary = trainer.evaluate()
-    write_json(run / "summary.json", summary)
-    print(json.dumps(summary, indent=2))
-    return 0
-
-
 def _eval_dnn(config, run: Path) -> int:
     """Recompute a DNN run's summary and figures from its last checkpoint."""
     from .dnn.train import DnnTrainer
@@ -165,6 +159,42 @@ def _eval_dnn(config, run: Path) -> int:
         finally:
             trainer.close()
     print(json.dumps(summary, indent=2))
+    return 0
+
+
+def _eval(args) -> int:
+    from .train import Trainer, write_json
+
+    run = Path(args.run_dir)
+    config_path = run / "config.json"
+    if not config_path.exists():
+        raise FileNotFoundError(f"{run} holds no run (no config.json)")
+    runs.check_free(run)
+    runs.find_checkpoint(run)
+    config = load_config(config_path, [f"device={json.dumps(args.device)}"] if args.device else [])
+    if getattr(config, "generator", "linear") == "dnn":
+        return _eval_dnn(config, run)
+    with runs.RunLock(run):
+        trainer = Trainer(config, run, progress=False)
+        trainer.load_checkpoint()
+        summary = trainer.evaluate()
+        write_json(run / "summary.json", summary)
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def _keys(args) -> int:
+    values, cls = None, Config
+    if args.config:
+        path = resolve_config_path(args.config)
+        cls = config_class(read_file(path))
+        if cls is Config:
+            values = load_config(path).to_dict()
+        else:   # a DNN config may leave data to the command line: the file's values
+            values = read_file(path)
+    print(describe_fields(cls, values))
+    print("\nSet any key on the command line: vsc train CONFIG key=value ... (TOML syntax: "
+          "1e-3, true, \"max\"; none for an unset optional value).")
     return 0
 
 
@@ -223,50 +253,106 @@ def table(run_dirs: list[str]) -> str:
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip() for r in rows)
 
 
-def main(argv: list[str] | None = None) -> int:
+TRAIN_HELP = """Train one run into --out (default runs/NAME_seedSEED).
+
+Override any config key with key=value (TOML syntax: 1e-3, true, "max"); `vsc keys`
+lists the keys with their types, defaults and meaning (`vsc keys CONFIG`: the values
+CONFIG sets). A bad key or value is refused before anything runs (exit code 2).
+
+The run writes config.json, metrics.jsonl, checkpoint.pt (+ checkpoint.prev.pt, the
+previous one), figures and summary.json. Ctrl-C or SIGTERM stops after the current
+step, saves a checkpoint and prints the command that resumes. One run at a time per
+folder: a second run on the same --out is refused while the first is alive."""
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vsc", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("train", help="train one run")
-    p.add_argument("config")
-    p.add_argument("overrides", nargs="*", help="key=value (TOML syntax)")
-    p.add_argument("--out")
-    p.add_argument("--resume", action="store_true")
-    p.add_argument("--device")
-    p.add_argument("--full", action="store_true", help="ignore quick=true: Appendix D's schedule")
-    p.add_argument("--no-progress", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    p = sub.add_parser("train", help="train one run", description=TRAIN_HELP,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("config", metavar="CONFIG",
+                   help="a TOML/YAML/JSON file or a shipped config name (`vsc configs`)")
+    p.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="config overrides (`vsc keys` lists the keys)")
+    p.add_argument("--out", metavar="DIR", help="run directory (default runs/NAME_seedSEED)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --out from its checkpoint (same config)")
+    p.add_argument("--device", metavar="DEV", help="torch device, e.g. cpu or cuda:0 "
+                   "(same as device=...)")
+    p.add_argument("--full", action="store_true",
+                   help="ignore quick=true: the paper's Appendix D schedule")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--stop-after-steps", type=int, metavar="N",
-                   help="DNN runs: stop after checkpointing at step N (resume with --resume)")
+                   help="DNN runs: stop after checkpointing at step N (a job of bounded "
+                   "length; continue with --resume)")
     p.set_defaults(func=_train)
-    p = sub.add_parser("eval", help="re-evaluate a run directory")
-    p.add_argument("run_dir")
-    p.add_argument("--device")
+    p = sub.add_parser("keys", help="list the config keys (types, defaults, help)",
+                       description="List the keys `vsc train` accepts as key=value, with "
+                       "their types, defaults (or CONFIG's values) and meaning.")
+    p.add_argument("config", nargs="?", metavar="CONFIG", help="show this config's values")
+    p.set_defaults(func=_keys)
+    p = sub.add_parser("configs", help="list the shipped configs")
+    p.set_defaults(func=lambda a: print("\n".join(shipped_configs())) or 0)
+    p = sub.add_parser("eval", help="re-evaluate a run directory (rewrites summary.json)")
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("--device", metavar="DEV")
     p.set_defaults(func=_eval)
     p = sub.add_parser("table", help="Table-1-style summary of run directories")
-    p.add_argument("run_dirs", nargs="+")
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
     p.set_defaults(func=lambda a: print(table(a.run_dirs)) or 0)
-    p = sub.add_parser("sweep", help="Figure 7 grid of DNN runs: print (default) or --run")
-    p.add_argument("items", nargs="+", help="DNN configs, then key=value overrides for all runs")
+    p = sub.add_parser("sweep", help="Figure 7 grid of DNN runs: print the commands or --run",
+                       description="One `vsc train` run per config, latent dimension, % "
+                       "non-zero and seed (the dense priors once per dimension and seed). "
+                       "Prints the commands; --run runs them here one after another "
+                       "(finished runs skipped, checkpointed ones resumed).")
+    p.add_argument("items", nargs="+", metavar="CONFIG|key=value",
+                   help="DNN configs, and key=value overrides for every run")
     p.add_argument("--latent-dims", default="64,128,256,512",
                    help="comma-separated latent dimensions (default 64,128,256,512)")
     p.add_argument("--pct", default="10", help="comma-separated %% non-zero targets (default 10)")
-    p.add_argument("--seeds", default="0", help="comma-separated seeds (paper: 0,1337,747)")
-    p.add_argument("--out-root", default="runs/sweep")
+    p.add_argument("--seeds", default="0", help="comma-separated seeds (the paper: 0,1337,747)")
+    p.add_argument("--out-root", default="runs/sweep", metavar="DIR")
     p.add_argument("--nproc", type=int, default=1, help="processes per run (torchrun)")
-    p.add_argument("--run", action="store_true", help="run the grid here, one run after another")
+    p.add_argument("--run", action="store_true", help="run the grid here, one run at a time")
     p.set_defaults(func=_sweep)
     p = sub.add_parser("figure7", help="Figure 7's panels from finished DNN runs")
-    p.add_argument("run_dirs", nargs="+")
-    p.add_argument("--out", default="figure7.png")
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    p.add_argument("--out", default="figure7.png", metavar="PNG")
     p.set_defaults(func=_figure7)
-    p = sub.add_parser("configs", help="list the shipped configs")
-    p.set_defaults(func=lambda a: print("\n".join(shipped_configs())) or 0)
-    args = parser.parse_args(argv)
+    return parser
+
+
+# User errors: one line each on stderr, exit code 2, never a traceback. Anything else
+# is a bug and keeps its traceback.
+USER_ERRORS = (ValueError, OSError, runs.RunLocked, runs.CheckpointError)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    prefix = f"vsc {args.command}"
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, FileExistsError, FloatingPointError,
-            runs.RunLocked, runs.CheckpointError) as error:
-        print(f"vsc {args.command}: error: {error}", file=sys.stderr)
+    except runs.Interrupted as stopped:
+        print(f"{prefix}: {stopped}\nresume with: {runs.resume_command(argv, args.out_dir)}",
+              file=sys.stderr)
+        return stopped.exit_code
+    except KeyboardInterrupt:
+        out = getattr(args, "out_dir", None)
+        saved = out is not None and any((Path(out) / n).exists()
+                                        for n in (runs.CHECKPOINT, runs.PREVIOUS))
+        hint = (f"; resume from its last checkpoint with: {runs.resume_command(argv, out)}"
+                if saved else "")
+        print(f"\n{prefix}: interrupted{hint}", file=sys.stderr)
+        return 130
+    except FloatingPointError as error:  # a diverged run: its checkpoint is intact
+        print(f"{prefix}: {error}", file=sys.stderr)
+        return 1
+    except USER_ERRORS as error:
+        lines = error.lines if isinstance(error, ConfigError) else [str(error)]
+        for line in lines:
+            print(f"{prefix}: error: {line}", file=sys.stderr)
         return 2
 
 

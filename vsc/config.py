@@ -14,6 +14,9 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
+
+from .overrides import ConfigError, check_instance, check_values, choice, split_overrides
 from .priors import PRIORS
 
 METHODS = ("fista", "variational")
@@ -24,10 +27,12 @@ ESTIMATORS = ("straight", "subgradient", "straight_shift")
 @dataclass
 class Config:
     # what is trained
-    method: str = "variational"          # "fista" or "variational"
-    prior: str = "thresholded_laplacian"
-    estimator: str = "straight"          # straight-through (eq. 4) or "subgradient"
-    sampling: str = "max"                # max ELBO (eq. 9), "avg" (eq. 7) or "iwae"
+    method: str = choice("variational", METHODS, "FISTA's MAP codes or an inference network")
+    prior: str = choice("thresholded_laplacian", PRIORS, "the latent prior (section 4.1)")
+    estimator: str = choice("straight", ESTIMATORS, "gradient through the threshold: eq. (4), "
+                            "the a.e. subgradient, or eq. (4) with the shift's gradient")
+    sampling: str = choice("max", SAMPLING, "selection over J: max ELBO (eq. 9), mean (eq. 7), "
+                           "IWAE")
     num_samples: int = 20                # J
     threshold: float | None = None       # lam0; None: the prior's Appendix D value
     learn_threshold: bool = False        # Gamma posterior on lam
@@ -41,7 +46,7 @@ class Config:
     warmup_delay: int = 1500             # spike-and-slab: iterations before its KL warm-up starts
     tau_decay: float = 0.9995            # spike-and-slab: Gumbel-softmax temperature, per iteration
     kappa: float | None = None           # Frobenius weight; None: 1e-3 (FISTA) / 1e-4
-    recon: str = "mean"                  # squared error summed ("sum") or averaged ("mean") over pixels
+    recon: str = choice("mean", ("sum", "mean"), "squared error summed or averaged over pixels")
     # FISTA baseline (objective 10)
     fista_lambda: float = 20.0
     fista_warmup_start: float = 0.1
@@ -75,11 +80,12 @@ class Config:
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
+        check_instance(self)  # types and choices from the annotations (vsc.overrides)
         self.validate()
 
     def validate(self):
         def bad(message):
-            raise ValueError(f"config: {message}")
+            raise ConfigError([f"config: {message}"])
         if self.method not in METHODS:
             bad(f"method must be one of {METHODS}, got {self.method!r}")
         if self.prior not in PRIORS:
@@ -104,6 +110,10 @@ class Config:
                 bad(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.prior_scale == 0:
             bad("prior_scale must be > 0")
+        try:
+            torch.device(self.device)
+        except RuntimeError:
+            bad(f"device={self.device!r}: expected a torch device such as 'cpu' or 'cuda:0'")
 
     @property
     def frobenius_weight(self) -> float:
@@ -132,67 +142,74 @@ class Config:
 FIELDS = {f.name: f for f in dataclasses.fields(Config)}
 
 
-def parse_value(text: str):
-    """A command-line value with TOML syntax (``1e-3``, ``true``, ``"max"``), or a bare string."""
-    try:
-        return tomllib.loads(f"v = {text}")["v"]
-    except tomllib.TOMLDecodeError:
-        return text
-
-
 def read_file(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"config file not found: {path}")
-    text = path.read_text()
+    try:
+        text = path.read_text()
+    except UnicodeDecodeError as error:
+        raise ConfigError([f"{path}: not a text file ({error.reason})"]) from None
     if path.suffix in (".yaml", ".yml"):
         try:
             import yaml
         except ImportError as error:
             raise ValueError(f"{path}: YAML configs need PyYAML (pip install pyyaml)") from error
-        return yaml.safe_load(text) or {}
-    if path.suffix == ".json":
-        return json.loads(text)
-    try:
-        return tomllib.loads(text)
-    except tomllib.TOMLDecodeError as error:
-        raise ValueError(f"{path}: not valid TOML: {error}") from error
+        try:
+            values = yaml.safe_load(text) or {}
+        except yaml.YAMLError as error:
+            raise ConfigError([f"{path}: not valid YAML: {error}".splitlines()[0]]) from None
+    elif path.suffix == ".json":
+        try:
+            values = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise ConfigError([f"{path}: not valid JSON: {error}"]) from None
+    else:
+        try:
+            values = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as error:
+            raise ConfigError([f"{path}: not valid TOML: {error}"]) from None
+    if not isinstance(values, dict):
+        raise ConfigError([f"{path}: expected a table of key = value, got a "
+                           f"{type(values).__name__}"])
+    return values
 
 
 def config_class(values: dict) -> type:
     """The dataclass a config's values describe: ``generator = "dnn"`` is a DNN-generator
-    run (:class:`vsc.dnn.config.DnnConfig`); anything else the linear generator's."""
+    run (:class:`vsc.dnn.config.DnnConfig`), ``"linear"`` (the default) the linear
+    generator's :class:`Config`."""
     generator = values.get("generator", "linear")
     if generator == "dnn":
         from .dnn.config import DnnConfig
         return DnnConfig
     if generator != "linear":
-        raise ValueError(f"config: generator must be 'linear' or 'dnn', got {generator!r}")
+        raise ConfigError([f"config: generator={generator!r}: expected one of 'linear', 'dnn'"])
     return Config
 
 
 def build_config(values: dict, overrides: list[str] = ()):
     """A :class:`Config` or :class:`vsc.dnn.config.DnnConfig` (:func:`config_class`) from
-    ``values`` and ``key=value`` overrides."""
-    values = dict(values)
-    for item in overrides:
-        if "=" not in item:
-            raise ValueError(f"override {item!r} is not key=value")
-        key, text = item.split("=", 1)
-        values[key.strip()] = parse_value(text.strip())
-    cls = config_class(values)
+    a file's ``values`` and ``key=value`` overrides (which win); :class:`ConfigError`
+    lists every unknown key and badly typed value, one per line."""
+    parsed, raw, errors = split_overrides(overrides)
+    errors = [f"config: {line}" for line in errors]
+    cls = config_class({**values, **parsed})
+    extra = {**SWITCHES, "generator": str} if cls is Config else {}
+    checked = []
+    for part, text in ((values, None), (parsed, raw)):
+        try:
+            checked.append(check_values(cls, part, text, extra=extra))
+        except ConfigError as error:
+            errors += error.lines
+    if errors:
+        raise ConfigError(errors)
+    values = {**checked[0], **checked[1]}
     if cls is not Config:
-        fields = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - fields)
-        if unknown:
-            raise ValueError(f"config: unknown field(s) {unknown}; known: {sorted(fields)}")
         return cls(**values)
     values.pop("generator", None)
-    quick = bool(values.pop("quick", False))
-    full = bool(values.pop("full", False))
-    unknown = sorted(set(values) - set(FIELDS))
-    if unknown:
-        raise ValueError(f"config: unknown field(s) {unknown}; known: {sorted(FIELDS)}")
+    quick = values.pop("quick", False)
+    full = values.pop("full", False)
     if quick and not full:
         values = {**QUICK, **values}   # explicit values win over the quick defaults
     return Config(**values)
@@ -208,6 +225,7 @@ def load_config(path: str | Path | None, overrides: list[str] = ()):
 # `quick = true` (the README's main job): a few minutes on 2 CPU cores. The warm-ups
 # and the temperature schedule run 5x faster so that they end within the run;
 # `--full` (or `full = true`) ignores `quick` and runs Appendix D's schedule.
+SWITCHES = {"quick": bool, "full": bool}  # keys of a config file that are not fields
 QUICK = dict(n_train=20000, n_val=4000, epochs=10, eval_rows=500, iwae_k=50, snr_samples=20,
              warmup_step=1e-3, warmup_delay=300, tau_decay=0.9975, fista_warmup_step=5e-4,
              fista_max_iter=200)

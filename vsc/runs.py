@@ -72,6 +72,14 @@ class RunLock:
         self._lock.release()
 
 
+def check_free(out_dir: str | Path) -> None:
+    """Raise :class:`RunLocked` now if a live process holds ``out_dir`` (an early check
+    for a CLI; the run itself holds :class:`RunLock`)."""
+    if Path(out_dir).is_dir():
+        with RunLock(out_dir):
+            pass
+
+
 def _command(holder: dict | None) -> str:
     return f", running `{holder['command']}`" if holder and holder.get("command") else ""
 

@@ -27,14 +27,14 @@ import torch
 
 import vsc_kernels
 
-from . import metrics, plots
+from . import metrics, plots, runs
 from ._io import atomic_write
 from .config import Config
 from .data import load_patches
 from .models import InferenceNetwork, LinearGenerator, patch_side
 from .priors import make_prior
 
-CHECKPOINT = "checkpoint.pt"
+CHECKPOINT = runs.CHECKPOINT
 
 
 # --------------------------------------------------------------------------------------
@@ -202,12 +202,14 @@ class Trainer:
             "rng": _rng_state(self.device),
         }
 
-    def save_checkpoint(self) -> None:
-        state = self.state()
-        atomic_write(self.out_dir / CHECKPOINT, lambda h: torch.save(state, h))
+    def save_checkpoint(self) -> Path:
+        """``checkpoint.pt``, atomically, keeping the previous one (:mod:`vsc.runs`)."""
+        return runs.save_checkpoint(self.state(), self.out_dir)
 
-    def load_checkpoint(self, path: Path) -> None:
-        state = torch.load(path, map_location=self.device, weights_only=False)
+    def load_checkpoint(self) -> Path:
+        """Restore the newest readable checkpoint of ``out_dir`` (falling back on the
+        previous one when the newest is damaged); returns the file loaded."""
+        state, path = runs.load_checkpoint(self.out_dir, map_location=self.device)
         # Everything but the device must match (epochs too: the encoder's one-cycle
         # schedule is laid out over all of them).
         saved = {k: v for k, v in state["config"].items() if k != "device"}
@@ -227,6 +229,7 @@ class Trainer:
         for key, scheduler in self.schedulers.items():
             scheduler.load_state_dict(state["schedulers"][key])
         _set_rng_state(state["rng"], self.device)
+        return path
 
     # -- the loop ----------------------------------------------------------------------
     def epoch_order(self, epoch: int) -> torch.Tensor:
@@ -235,16 +238,23 @@ class Trainer:
         return torch.randperm(self.config.n_train, generator=generator).to(self.device)
 
     def fit(self, *, resume: bool = False, stop_after_steps: int | None = None) -> dict:
-        """Train to ``config.epochs`` and evaluate. ``stop_after_steps`` (tests) stops as a
-        kill would, right after the checkpoint that follows that many steps."""
-        c = self.config
+        """Train to ``config.epochs`` and evaluate, holding ``out_dir``'s run lock.
+        ``stop_after_steps`` (tests) stops as a kill would, right after the checkpoint
+        that follows that many steps. SIGINT/SIGTERM save a checkpoint at the current
+        step and raise :class:`vsc.runs.Interrupted`."""
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        checkpoint = self.out_dir / CHECKPOINT
-        if resume and checkpoint.exists():
-            self.load_checkpoint(checkpoint)
-        elif checkpoint.exists():
-            raise FileExistsError(f"{self.out_dir} already holds a run; pass --resume to "
-                                  "continue it or choose another --out")
+        with runs.RunLock(self.out_dir):
+            if resume:
+                self.load_checkpoint()
+            elif any((self.out_dir / name).exists() for name in (CHECKPOINT, runs.PREVIOUS)):
+                raise FileExistsError(f"{self.out_dir} already holds a run; pass --resume to "
+                                      "continue it or choose another --out")
+            with runs.StopOnSignal() as stop:
+                stopped = self._train_epochs(stop, stop_after_steps)
+            return stopped if stopped is not None else self.finish()
+
+    def _train_epochs(self, stop: runs.StopOnSignal, stop_after_steps: int | None):
+        c = self.config
         write_json(self.out_dir / "config.json", c.to_dict())
         write_jsonl(self.out_dir / "metrics.jsonl", self.history)
         last_save = time.monotonic()
@@ -269,13 +279,15 @@ class Trainer:
                     bar.update(1)
                     bar.set_postfix(loss=f"{acc['loss'] / acc['batches']:.4g}",
                                     nonzero=f"{acc['nonzero'] / acc['batches']:.1f}%")
-                stop = stop_after_steps is not None and self.step >= stop_after_steps
-                if stop or time.monotonic() - last_save > self.checkpoint_seconds:
-                    self.save_checkpoint()
+                cut = stop_after_steps is not None and self.step >= stop_after_steps
+                if cut or stop.requested or time.monotonic() - last_save > self.checkpoint_seconds:
+                    saved = self.save_checkpoint()
                     last_save = time.monotonic()
-                if stop:
+                if cut or stop.requested:
                     if bar is not None:
                         bar.close()
+                    if stop.requested:
+                        raise stop.interrupted(self.step, saved)
                     return {"stopped_at_step": self.step}
             if bar is not None:
                 bar.close()
@@ -285,12 +297,14 @@ class Trainer:
             self.epoch += 1
             self.batch_in_epoch = 0
             self.accumulator = {"loss": 0.0, "nonzero": 0.0, "batches": 0}
-            self.save_checkpoint()
+            saved = self.save_checkpoint()
             last_save = time.monotonic()
             write_jsonl(self.out_dir / "metrics.jsonl", self.history)
             if self.progress:
                 print(json.dumps(record), flush=True)
-        return self.finish()
+            if stop.requested:  # arrived during the epoch's evaluation
+                raise stop.interrupted(self.step, saved)
+        return None
 
     @torch.no_grad()
     def infer_codes(self, x: torch.Tensor, num_samples: int = 1) -> torch.Tensor:

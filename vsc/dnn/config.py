@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import types
-import typing
 from dataclasses import dataclass, field
 from statistics import NormalDist
 
+from ..overrides import ConfigError, check_instance, choice
 from ..priors import PRIORS
 from .objective import DECODES
 
@@ -51,38 +50,38 @@ def threshold_for_percent(pct_nonzero: float, base: str, prior_scale: float) -> 
 
 @dataclass
 class DnnConfig:
-    generator: str = "dnn"               # selects this dataclass in vsc.config.load_config
+    generator: str = choice("dnn", ("dnn",), "selects this dataclass in vsc.config.load_config")
     # data (vsc.datasets.load_image_dataset)
     data: str = "digits"                 # "digits" (embedded), a Fashion-MNIST or CelebA folder
     n_train: int | None = None           # first n training images; None: all
     n_val: int | None = None             # first n validation images; None: all
-    architecture: str = "auto"           # "auto" (from the image shape), "fmnist", "celeba"
+    architecture: str = choice("auto", ("auto", "fmnist", "celeba"),
+                               "auto: from the image shape; fmnist: Table 5; celeba: Table 4")
     num_workers: int = 0                 # DataLoader worker processes per rank
     # model and prior
-    latent_dim: int = 256
-    prior: str = "thresholded_gaussian"
+    latent_dim: int = 256              # d (Figure 7 sweeps it)
+    prior: str = choice("thresholded_gaussian", tuple(PRIORS), "the prior (vsc/priors/)")
     pct_nonzero: float = 10.0            # % non-zero the prior encourages (Figure 7's sweep)
     threshold: float | None = None       # lam0; None: from pct_nonzero (threshold_for_percent)
     learn_threshold: bool = False        # Gamma(alpha0, alpha0 / lam0) prior on lam
-    gamma_alpha0: float = 3.0
+    gamma_alpha0: float = 3.0            # Gamma prior's shape alpha0 (rate alpha0 / lam0)
     gamma_kl_weight: float = 0.1         # beta2 / beta1 (Appendix E)
     prior_scale: float = 0.1             # b0 (Laplace) or sigma0^2 (Gaussian, slab); public 0.1
     spike_prior: float | None = None     # spike-and-slab prior P(non-zero); None: pct / 100
-    estimator: str = "straight"          # eq. (4); "straight_shift" is the public code's variant
-    # Scale warm-up w (Appendix B) for the Laplace/Gaussian families, KL warm-up for the
-    # spike-and-slab: start + step * max(iteration - delay, 0), capped at 1. The public
-    # DNN scripts use none (the Laplacian's warm-up is set to 1.0 before training, the
-    # Gaussian's sampler has none): start 1.0.
-    warmup_start: float = 1.0
-    warmup_step: float = 2e-4
-    warmup_delay: int = 500
+    estimator: str = choice("straight", ESTIMATORS,
+                            "eq. (4); straight_shift is the public code's variant")
+    # schedules (the public DNN scripts warm nothing up: w = 1 from the start)
+    warmup_start: float = 1.0            # w at step 0: scale warm-up (Appendix B); spike_slab: KL's
+    warmup_step: float = 2e-4            # added to w per step (after warmup_delay), w capped at 1
+    warmup_delay: int = 500              # spike_slab: steps before its warm-up starts
     tau_decay: float = 0.9995            # spike-and-slab temperature per iteration (public)
     tau_min: float = 0.005               # public DNN configs' temp_min
     # objective
     num_samples: int = 20                # J (Appendix E: 20 Fashion-MNIST, 10 CelebA)
-    sampling: str = "max"                # eq. (9); "avg" eq. (7); "iwae"
+    sampling: str = choice("max", SAMPLING, "max: eq. (9); avg: eq. (7); iwae")
     beta: float = 1e-2                   # KL weight (Appendix E: 1e-2 FMNIST, 1e-3 CelebA)
-    decode: str = "auto"                 # "all", "selected" (max only); auto: selected for max
+    decode: str = choice("auto", ("auto",) + DECODES,
+                         "all, selected (max only; vsc.dnn.objective); auto: selected for max")
     # optimization (Appendix E; the schedule is the public code's CycleScheduler)
     epochs: int = 300
     batch_size: int = 512                # global: split evenly over the processes
@@ -90,11 +89,12 @@ class DnnConfig:
     adam_beta1: float = 0.5
     adam_beta2: float = 0.999
     weight_decay: float = 1e-5
-    lr_schedule: str = "cycle"           # linear warm-up from lr/25, cosine to lr/25e4; "constant"
+    lr_schedule: str = choice("cycle", LR_SCHEDULES,
+                              "cycle: linear warm-up from lr/25, cosine to lr/25e4")
     lr_warmup_fraction: float = 0.05
-    amp: str = "off"                     # "bf16", "fp16" (with a GradScaler) or "off"
+    amp: str = choice("off", AMP, "autocast dtype; fp16 with a GradScaler")
     seed: int = 0
-    device: str = "auto"                 # "auto" (cuda if available), "cpu", "cuda"
+    device: str = choice("auto", ("auto", "cpu", "cuda"), "auto: cuda if available")
     # evaluation and bookkeeping
     eval_rows: int | None = None         # validation images for the per-epoch metrics; None: all
     eval_batch_size: int = 256
@@ -107,50 +107,34 @@ class DnnConfig:
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
+        check_instance(self)  # types and choices from the annotations (vsc.overrides)
         self.validate()
 
     def validate(self):
+        """Ranges and combinations (the types and choices are checked before, from the
+        annotations)."""
         def bad(message):
-            raise ValueError(f"config: {message}")
+            raise ConfigError([f"config: {message}"])
 
-        for f in dataclasses.fields(self):
-            if not _has_type(getattr(self, f.name), _HINTS[f.name]):
-                bad(f"{f.name} must be {_type_name(_HINTS[f.name])}, got "
-                    f"{getattr(self, f.name)!r}")
-        choices = {"generator": ("dnn",), "sampling": SAMPLING, "estimator": ESTIMATORS,
-                   "amp": AMP, "lr_schedule": LR_SCHEDULES, "decode": ("auto",) + DECODES}
-        for name, allowed in choices.items():
-            if getattr(self, name) not in allowed:
-                bad(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
         if not self.data:
             bad("data is empty: pass data=PATH (the Fashion-MNIST or CelebA folder) or "
                 "data=digits (the embedded digits)")
-        if self.prior not in PRIORS:
-            bad(f"unknown prior {self.prior!r}; choose one of {sorted(PRIORS)}")
         if self.decode == "selected" and self.sampling != "max":
             bad(f"decode='selected' needs sampling='max', got sampling={self.sampling!r}")
         for name in ("latent_dim", "num_samples", "epochs", "batch_size", "eval_batch_size"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                bad(f"{name} must be an integer >= 1, got {value!r}")
+            if getattr(self, name) < 1:
+                bad(f"{name} must be >= 1, got {getattr(self, name)}")
         for name in ("n_train", "n_val", "eval_rows"):
-            value = getattr(self, name)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int)
-                                      or value < 2):
-                bad(f"{name} must be an integer >= 2 or absent, got {value!r}")
-        for name in ("num_workers", "warmup_delay", "checkpoint_every"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                bad(f"{name} must be an integer >= 0, got {value!r}")
-        for name in ("beta", "lr", "weight_decay", "gamma_kl_weight", "warmup_start",
-                     "warmup_step", "checkpoint_minutes", "lr_warmup_fraction"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-                bad(f"{name} must be a finite number >= 0, got {value!r}")
-        for name in ("prior_scale", "gamma_alpha0"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-                bad(f"{name} must be a finite number > 0, got {value!r}")
+            if getattr(self, name) is not None and getattr(self, name) < 2:
+                bad(f"{name} must be >= 2 or none, got {getattr(self, name)}")
+        for name in ("num_workers", "warmup_delay", "checkpoint_every", "beta", "lr",
+                     "weight_decay", "gamma_kl_weight", "warmup_start", "warmup_step",
+                     "checkpoint_minutes", "lr_warmup_fraction"):
+            if getattr(self, name) < 0:
+                bad(f"{name} must be >= 0, got {getattr(self, name)}")
+        for name in ("prior_scale", "gamma_alpha0", "tau_min"):
+            if getattr(self, name) <= 0:
+                bad(f"{name} must be > 0, got {getattr(self, name)}")
         if not 0 < self.pct_nonzero <= 100:
             bad(f"pct_nonzero must be in (0, 100], got {self.pct_nonzero}")
         if self.threshold is not None and self.threshold < 0:
@@ -160,9 +144,8 @@ class DnnConfig:
         for name in ("adam_beta1", "adam_beta2"):
             if not 0 <= getattr(self, name) < 1:
                 bad(f"{name} must be in [0, 1), got {getattr(self, name)}")
-        if not 0 < self.tau_decay <= 1 or self.tau_min <= 0:
-            bad(f"tau_decay must be in (0, 1] and tau_min > 0, got {self.tau_decay}, "
-                f"{self.tau_min}")
+        if not 0 < self.tau_decay <= 1:
+            bad(f"tau_decay must be in (0, 1], got {self.tau_decay}")
         if self.lr_warmup_fraction >= 1:
             bad(f"lr_warmup_fraction must be < 1, got {self.lr_warmup_fraction}")
         if self.prior == "spike_slab" and (self.threshold is not None or self.learn_threshold):
@@ -204,24 +187,3 @@ class DnnConfig:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
-
-_HINTS = typing.get_type_hints(DnnConfig)
-
-
-def _has_type(value, hint) -> bool:
-    if isinstance(hint, types.UnionType):
-        return any(_has_type(value, h) for h in hint.__args__)
-    if hint is type(None):
-        return value is None
-    if hint is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if hint is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    return isinstance(value, hint)
-
-
-def _type_name(hint) -> str:
-    if isinstance(hint, types.UnionType):
-        return " or ".join(_type_name(h) for h in hint.__args__)
-    return {type(None): "absent", float: "a number", int: "an integer", str: "a string",
-            bool: "true or false", dict: "a table"}.get(hint, str(hint))

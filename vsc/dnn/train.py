@@ -61,8 +61,8 @@ def cycle_lr_factor(step: int, total_steps: int, warmup_fraction: float = 0.05,
     ``1 / divider``, where its warm-up starts."""
     start, end = 1.0 / divider, 1.0 / (divider * final_divider)
     warm = int(total_steps * warmup_fraction)
-    if step <= warm:
-        return start if warm == 0 else start + (1.0 - start) * step / warm
+    if warm > 0 and step <= warm:
+        return start + (1.0 - start) * step / warm
     decay = max(total_steps - warm, 1)
     k = min(step - warm, decay)
     return end + (1.0 - end) / 2 * (math.cos(math.pi * k / decay) + 1)
