@@ -14,14 +14,14 @@ keys) whose training-mode forward can
   one runs on gloo as well as NCCL.
 * **record** the batch statistics it normalized with (``recording(model)``) and
   **replay** them (``replaying(model)``): a later forward normalizes with the recorded
-  statistics as constants and leaves the running statistics alone. The trainer decodes
-  all ``B*J`` samples without gradients while recording, selects one sample per input,
-  and decodes only the ``B`` selected codes again with gradients while replaying, so the
-  selected reconstructions are exactly the ones the selection saw (see
-  :mod:`vsc.dnn.objective`).
+  statistics and leaves the running statistics alone, and back-propagates as batch norm
+  over the replayed batch itself (see :meth:`BatchNorm2d._replay`). The opt-in
+  ``decode="selected"`` of :mod:`vsc.dnn.objective` decodes all ``B*J`` samples without
+  gradients while recording, then only the ``B`` selected ones with gradients while
+  replaying.
 
-Statistics are computed in float32 whatever the input dtype (autocast); the output has
-the input's dtype, like ``nn.BatchNorm2d`` under autocast.
+Statistics are computed in float32 (float64 for float64 input) whatever the input dtype
+(autocast); the output has the input's dtype, like ``nn.BatchNorm2d`` under autocast.
 """
 
 from __future__ import annotations
@@ -31,6 +31,11 @@ from contextlib import contextmanager
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+
+def _work(x: torch.Tensor) -> torch.Tensor:
+    """``x`` in float32, or float64 if it is (gradient checks)."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
 
 
 class BatchNorm2d(nn.BatchNorm2d):
@@ -49,7 +54,7 @@ class BatchNorm2d(nn.BatchNorm2d):
             if self.recorded is None:
                 raise RuntimeError("BatchNorm2d: replay without recorded statistics "
                                    "(decode with recording() first)")
-            mean, var = self.recorded
+            return self._replay(x)
         else:
             mean, var, count = self._batch_statistics(x)
             if count < 2:
@@ -65,20 +70,37 @@ class BatchNorm2d(nn.BatchNorm2d):
         if self.weight is not None:
             scale = scale * self.weight
             shift = shift * self.weight + self.bias
-        out = x.float() * scale[:, None, None] + shift[:, None, None]
+        out = _work(x) * scale[:, None, None] + shift[:, None, None]
         return out.to(x.dtype)
+
+    def _replay(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalize with the recorded statistics; back-propagate as batch norm over this
+        (the replayed) batch: the value is ``(x - mean_rec) / std_rec``, the gradient that
+        of ``(x - mean_x) / std_x`` with ``x``'s own statistics (over every process), so
+        that the directions batch norm cancels (a shift or a scale of a channel) get no
+        gradient, as with batch norm over any batch."""
+        mean, var = self.recorded
+        xw = _work(x)
+        fixed = (xw - mean[:, None, None]) * torch.rsqrt(var + self.eps)[:, None, None]
+        own_mean, own_var, _ = self._batch_statistics(x)
+        own = ((xw - own_mean[:, None, None])
+               * torch.rsqrt(own_var + self.eps)[:, None, None])
+        normalized = own + (fixed - own).detach()
+        if self.weight is not None:
+            normalized = normalized * self.weight[:, None, None] + self.bias[:, None, None]
+        return normalized.to(x.dtype)
 
     def _batch_statistics(self, x: torch.Tensor):
         """``(mean, biased var, count)`` over (N, H, W), in float32, over every process of
         ``process_group`` (two all-reduces: the mean, then the squared deviations)."""
-        xf = x.float()
+        xf = _work(x)
         local = xf.shape[0] * xf.shape[2] * xf.shape[3]
         if self.process_group is None:
             var, mean = torch.var_mean(xf, dim=(0, 2, 3), unbiased=False)
             return mean, var, local
         from torch.distributed.nn.functional import all_reduce
 
-        count_t = torch.tensor([float(local)], device=x.device)
+        count_t = torch.tensor([float(local)], device=x.device, dtype=xf.dtype)
         sums = all_reduce(torch.cat([xf.sum(dim=(0, 2, 3)), count_t]),
                           group=self.process_group)
         count = int(sums[-1].item())

@@ -80,8 +80,8 @@ class DnnConfig:
     num_samples: int = 20                # J (Appendix E: 20 Fashion-MNIST, 10 CelebA)
     sampling: str = choice("max", SAMPLING, "max: eq. (9); avg: eq. (7); iwae")
     beta: float = 1e-2                   # KL weight (Appendix E: 1e-2 FMNIST, 1e-3 CelebA)
-    decode: str = choice("auto", ("auto",) + DECODES,
-                         "all, selected (max only; vsc.dnn.objective); auto: selected for max")
+    decode: str = choice("all", DECODES, "all: the exact gradient; selected (max only): "
+                         "faster, another gradient (vsc.dnn.objective)")
     # optimization (Appendix E; the schedule is the public code's CycleScheduler)
     epochs: int = 300
     batch_size: int = 512                # global: split evenly over the processes
@@ -154,12 +154,6 @@ class DnnConfig:
             bad(f"prior {self.prior!r} has no threshold; use 'thresholded_{self.prior}'")
 
     # -- derived ---------------------------------------------------------------------
-    @property
-    def resolved_decode(self) -> str:
-        if self.decode != "auto":
-            return self.decode
-        return "selected" if self.sampling == "max" else "all"
-
     @property
     def lam0(self) -> float | None:
         """The threshold: ``threshold`` or the prior's tail mass at ``pct_nonzero``."""

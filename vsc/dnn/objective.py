@@ -13,20 +13,23 @@ are the public code's scaling (``reparameterization.compute_recon_loss`` /
 
 Decoding (``decode``):
 
-* ``"all"`` -- the ``B*J`` images are decoded with gradients and selected by
+* ``"all"`` (default) -- the ``B*J`` images are decoded with gradients and selected by
   ``elbo_select`` (which keeps no ``B*J*F`` difference and reads only the selected
-  sample in the backward). The gradient is the exact gradient of the selected loss,
-  including the path through batch-norm statistics to every sample: the public code's
-  pattern.
-* ``"selected"`` (max only) -- the ``B*J`` images are decoded **without** gradients
-  (batch norm records its statistics, and updates its running statistics once, as in
-  ``"all"``), ``elbo_select`` picks one sample per input, and only the ``B`` selected
-  codes are decoded again with gradients, normalized with the recorded statistics. The
-  loss value, the selection, the running statistics and the gradient reaching the
-  decoder's weights through the selected images are those of ``"all"``; what is dropped
-  is the gradient through the ``B*J``-sample batch statistics (they act as constants),
-  which in ``"all"`` also reaches the non-selected samples. The decoder's backward and
-  its stored activations shrink from ``B*J`` to ``B`` images.
+  sample in the backward). The gradient is the exact gradient of the objective, including
+  the path through the batch-norm statistics of the ``B*J`` images to every sample: the
+  public code's gradient.
+* ``"selected"`` (max only; opt-in, for speed experiments) -- the ``B*J`` images are
+  decoded **without** gradients (batch norm records its statistics and updates its
+  running statistics once, as in ``"all"``), ``elbo_select`` picks one sample per input,
+  and only the ``B`` selected codes are decoded again with gradients, normalized with the
+  recorded statistics (:mod:`vsc.dnn.batch_norm`). Loss, selection, reconstructions and
+  running statistics are those of ``"all"``; the decoder's backward and its stored
+  activations shrink from ``B*J`` to ``B`` images. The gradient is another one: batch
+  norm back-propagates as if its batch were the selected images (the directions it
+  cancels get no gradient) instead of through the ``B*J`` statistics. It trains worse:
+  on the embedded digits (``dnn/quick`` settings, one seed, 150 steps) validation MSE
+  0.029 against 0.020 with ``"all"`` (0.035 if the recorded statistics are treated as
+  constants in the backward).
 """
 
 from __future__ import annotations

@@ -146,10 +146,10 @@ class DnnTrainer:
         self.prior = make_prior(c.prior, c.latent_dim, **c.prior_options())
         model = SparseAutoencoder(self.architecture, c.latent_dim, self.prior,
                                   num_samples=c.num_samples, beta=c.beta, sampling=c.sampling,
-                                  decode=c.resolved_decode)
+                                  decode=c.decode)
         model.encoder = distributed.share_batch_norm(model.encoder, self.procs)
         model.decoder = distributed.share_batch_norm(
-            model.decoder, self.procs, replay=c.resolved_decode == "selected")
+            model.decoder, self.procs, replay=c.decode == "selected")
         self.model = model.to(self.device)
         self.network = self.model
         if self.procs.distributed:
@@ -224,8 +224,11 @@ class DnnTrainer:
 
     def loader(self, epoch: int, start: int) -> DataLoader:
         self.train_set.set_epoch(epoch)   # the random flips: a function of (seed, epoch, index)
+        # Its own generator: creating an iterator must not draw from the global RNG
+        # (a resumed run creates one more than an uninterrupted run).
+        generator = torch.Generator().manual_seed(self.config.seed * 1_000_003 + epoch)
         return DataLoader(self.train_set, batch_sampler=self.epoch_batches(epoch)[start:],
-                          num_workers=self.config.num_workers,
+                          num_workers=self.config.num_workers, generator=generator,
                           pin_memory=self.device.type == "cuda")
 
     # -- checkpoints -------------------------------------------------------------------
@@ -405,8 +408,8 @@ class DnnTrainer:
 
         if self.fid_extractor is None:
             with self._eval_rng():
-                self.fid_extractor = fid.make_feature_extractor(
-                    self.train_set, fid_weights=self.config.fid_weights,
+                self.fid_extractor = fid.make_feature_extractor(   # the whole training split
+                    self.train_set.dataset, fid_weights=self.config.fid_weights,
                     cache_dir=self.config.cache_dir, device=str(self.device))
         return float(fid.fid(self.fid_extractor, real, fake)), self.fid_extractor.label
 
@@ -443,10 +446,10 @@ class DnnTrainer:
         summary = {
             "name": c.name, "prior": self.method_label(), "base_prior": c.prior,
             "learn_threshold": c.learn_threshold, "latent_dim": c.latent_dim,
-            "pct_nonzero_target": (c.pct_nonzero if c.prior not in ("gaussian", "laplacian")
-                                   else 100.0),
+            "pct_nonzero_target": (None if c.prior in ("gaussian", "laplacian")
+                                   else c.pct_nonzero),
             "threshold": c.lam0, "num_samples": c.num_samples, "sampling": c.sampling,
-            "decode": c.resolved_decode, "beta": c.beta, "amp": c.amp, "seed": c.seed,
+            "decode": c.decode, "beta": c.beta, "amp": c.amp, "seed": c.seed,
             "dataset": self.train_set.name, "architecture": self.architecture,
             "epochs": self.epoch, "steps": self.step, "world_size": self.procs.world_size,
             "device": str(self.device), "n_val": len(val["x"]),
@@ -462,9 +465,10 @@ class DnnTrainer:
         plots.plot_estimated_dictionary(dictionary, self.out_dir / "dictionary.png",
                                         self.image_shape, title=f"Estimated dictionary: {title}")
         correlation = point_biserial(val["codes"], val["attributes"])
-        plots.plot_point_biserial(correlation, list(self.val_set.attribute_names),
-                                  self.out_dir / "point_biserial.png",
-                                  title=f"Point-biserial correlation: {title}")
+        summary["strongest_latents"] = plots.plot_point_biserial(
+            correlation, list(self.val_set.attribute_names), self.out_dir / "point_biserial.png",
+            title=f"Point-biserial correlation: {title}", A_est=dictionary,
+            image_shape=self.image_shape)
         strongest = torch.nan_to_num(torch.as_tensor(correlation).abs(), nan=0.0).amax(dim=0)
         summary["max_abs_point_biserial"] = {
             name: float(v) for name, v in zip(self.val_set.attribute_names, strongest)}
