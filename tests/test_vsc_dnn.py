@@ -390,3 +390,24 @@ def test_sweep_prints_the_figure7_grid(capsys):
     assert capsys.readouterr().out.startswith("torchrun --standalone --nproc_per_node=2 -m vsc.cli")
     assert main(["sweep", "quick", "--latent-dims", "64"]) == 2
     assert main(["sweep", "fmnist/gaussian", "data=/x", "--latent-dims", "sixty"]) == 2
+
+
+def test_figure7_draws_from_finished_runs(tmp_path, capsys):
+    label = "FID (offline: test)"
+    for prior, dim, pct, mse in [("gaussian", 64, None, 0.03), ("gaussian", 128, None, 0.028),
+                                 ("thresholded_gaussian", 64, 10.0, 0.025),
+                                 ("thresholded_gaussian", 128, 10.0, 0.022),
+                                 ("thresholded_gaussian", 128, 5.0, 0.027)]:
+        run = tmp_path / f"{prior}_{dim}_{pct}"
+        run.mkdir()
+        (run / "summary.json").write_text(json.dumps({
+            "prior": prior, "latent_dim": dim, "pct_nonzero_target": pct, "val_mse": mse,
+            "fid": 10 * mse, "fid_label": label, "val_pct_nonzero": pct or 100.0,
+            "multi_information": dim / 10, "seed": 0, "dataset": "digits"}))
+    runs_ = sorted(str(p) for p in tmp_path.iterdir())
+    out = tmp_path / "figure7.png"
+    assert main(["figure7", *runs_, "--out", str(out)]) == 0
+    assert out.stat().st_size > 0 and "5 runs" in capsys.readouterr().out
+    (tmp_path / "unfinished").mkdir()
+    assert main(["figure7", *runs_, str(tmp_path / "unfinished")]) == 2
+    assert "has not finished" in capsys.readouterr().err
