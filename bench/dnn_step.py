@@ -26,7 +26,9 @@ All three use the same networks (the public code's layers, checked in
 beta 1e-2, Adam (3e-4, betas (0.5, 0.999), weight decay 1e-5) and the same estimator
 (the public code's straight-through).
 
-Reported: images per second (``B`` over the median step time) and peak memory (CUDA:
+Reported: images per second (``B`` over the median step time; the providers take turns,
+one step each per round, so that a change in a shared machine's load touches all alike)
+and peak memory (CUDA:
 ``max_memory_allocated`` during a step; CPU: the peak resident set size of a fresh process
 that runs the provider, ``VmHWM``, so it includes the interpreter and the model).
 
@@ -40,6 +42,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -172,22 +175,32 @@ def main(argv=None):
         torch.set_num_threads(args.threads)
     if args.child:
         return child(args)
-    repeats = args.repeats or (3 if args.quick else 20 if device.type == "cuda" else 5)
+    repeats = args.repeats or (3 if args.quick else 20 if device.type == "cuda" else 7)
     dtype = DTYPES[args.dtype]
     x = batch(args.batch, device)
-    rows = []
+    steps = {}
     for provider in PROVIDERS:
         model, optimizer = build(provider, args.latent_dim, args.samples, device)
-        step = step_fn(provider, model, optimizer, x, args.samples, dtype)
-        seconds = common.time_call(step, device, warmup=2, repeats=repeats, min_seconds=0)
-        memory = (common.peak_memory(step, device) if device.type == "cuda"
+        steps[provider] = step_fn(provider, model, optimizer, x, args.samples, dtype)
+    # Round robin: one step of each provider per round, so that a change of the machine's
+    # load (shared CPUs) touches every provider alike; the median over the rounds.
+    samples = {provider: [] for provider in PROVIDERS}
+    for round_ in range(repeats + 2):
+        for provider, step in steps.items():
+            seconds = common.time_call(step, device, warmup=0, repeats=1, min_seconds=0)
+            if round_ >= 2:                                   # two warm-up rounds
+                samples[provider].append(seconds)
+    rows = []
+    for provider in PROVIDERS:
+        seconds = statistics.median(samples[provider])
+        memory = (common.peak_memory(steps[provider], device) if device.type == "cuda"
                   else None if args.quick else peak_rss_in_child(provider, args))
         rows.append({"provider": provider, "time_ms": seconds * 1e3,
                      "images_per_s": args.batch / seconds, "peak_memory_mb":
                      None if memory is None else memory / 2**20,
                      "memory_kind": "cuda max_memory_allocated" if device.type == "cuda"
                      else "peak RSS of a fresh process (VmHWM)"})
-        del model, optimizer, step
+    del steps
     common.add_speedups(rows, (), ("public",))
     print(f"one training step, Fashion-MNIST networks, B={args.batch}, J={args.samples}, "
           f"d={args.latent_dim}, {args.dtype}, {common.device_name(device)}")
