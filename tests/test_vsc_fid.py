@@ -207,3 +207,5 @@ def test_fid_nan_and_bad_inputs():
         fid(MeanPixels(), real, real[0])
     with pytest.raises(ValueError, match="^real_images: holds no images"):
         fid(MeanPixels(), [], real)
+    with pytest.raises(ValueError, match="^real_images: expected a .* got int"):
+        fid(MeanPixels(), 3, real)

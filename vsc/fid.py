@@ -492,7 +492,13 @@ def _check_images(images) -> torch.Tensor:
 
 
 def _features(extractor, images, batch_size: int, name: str) -> torch.Tensor:
-    batches = [images] if isinstance(images, torch.Tensor) else images
+    if isinstance(images, torch.Tensor):
+        batches = [images]
+    elif hasattr(images, "__iter__") and not isinstance(images, (str, bytes)):
+        batches = images
+    else:
+        raise ValueError(f"{name}: expected a (N, C, H, W) tensor or an iterable of them, got "
+                         f"{type(images).__name__}")
     feats = []
     for batch in batches:
         if not isinstance(batch, torch.Tensor) or batch.dim() != 4:
