@@ -8,6 +8,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import types
 
 import pytest
 import torch
@@ -40,9 +41,22 @@ LOAD = """
 """
 
 
-def test_locks_left_by_a_killed_build_do_not_hang():
+@pytest.fixture
+def unfinished_build():
+    """The build folder as a build that has not finished leaves it: no ``built`` stamp
+    (the objects and the module stay, so finishing it is a no-op for ninja)."""
     require_backend("cpp")  # built (or loaded) once in this process
     folder = _extension.build_directory()
+    stamp = folder / _extension.BUILT_STAMP
+    text = stamp.read_text() if stamp.exists() else None
+    stamp.unlink(missing_ok=True)
+    yield folder
+    if text is not None and not stamp.exists():
+        stamp.write_text(text)
+
+
+def test_locks_left_by_a_killed_build_do_not_hang(unfinished_build):
+    folder = unfinished_build
     baton = folder / _extension.TORCH_BATON
     ours = folder / _extension.BUILD_LOCK
     # What a build killed with SIGKILL leaves: torch's FileBaton file (torch waits on it
@@ -56,6 +70,7 @@ def test_locks_left_by_a_killed_build_do_not_hang():
     assert result.returncode == 0 and "loaded" in result.stdout, result.stderr
     assert f"removed {baton}, left by a build that was killed" in result.stderr
     assert not baton.exists() and not ours.exists()
+    assert (folder / _extension.BUILT_STAMP).exists()
 
 
 HOLD = """
@@ -67,9 +82,8 @@ HOLD = """
 """
 
 
-def test_a_live_builder_is_waited_for_with_a_bound_then_named():
-    require_backend("cpp")
-    lock = _extension.build_directory() / _extension.BUILD_LOCK
+def test_a_live_builder_is_waited_for_with_a_bound_then_named(unfinished_build):
+    lock = unfinished_build / _extension.BUILD_LOCK
     holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(HOLD), str(lock)],
                               stdout=subprocess.PIPE, text=True, env=_env())
     try:
@@ -128,23 +142,27 @@ def test_a_build_is_announced_once_and_compiles_staged_sources(tmp_path, monkeyp
     monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
     calls = []
 
+    module = types.SimpleNamespace(__file__="module.so")
+
     def fake_load(name, sources, build_directory, extra_include_paths, **kwargs):
         calls.append((name, sources, build_directory, extra_include_paths))
-        (tmp_path / build_directory / f"{name}.so").touch()
-        return "module"
+        return module
 
     monkeypatch.setattr(cpp_extension, "load", fake_load)
     folder = _extension.build_directory()
     assert folder.parent == tmp_path
-    assert _extension.build_and_load() == "module"
+    assert _extension.build_and_load() is module
     assert "building the C++ kernels once, about 30 s" in capsys.readouterr().err
+    assert (folder / _extension.BUILT_STAMP).exists()
     name, sources, build_directory, include = calls[0]
     assert build_directory == str(folder) and include == [str(folder / "src")]
     assert sorted(os.path.basename(s) for s in sources) == \
         sorted(p.name for p in _extension._source_files() if p.suffix == ".cpp")
     assert all(s.startswith(str(folder / "src")) for s in sources)
-    assert _extension.build_and_load() == "module"
-    assert capsys.readouterr().err == ""  # built already: silent
+    # Built: later calls import the module directly, silently, without torch's load.
+    monkeypatch.setattr(_extension, "_import", lambda folder: ("imported", folder))
+    assert _extension.build_and_load() == ("imported", folder)
+    assert len(calls) == 1 and capsys.readouterr().err == ""
     assert not (folder / _extension.BUILD_LOCK).exists()
 
 
@@ -157,3 +175,22 @@ def test_pid_lock_waits_for_a_release(tmp_path):
     assert len(waits) == 1 and waits[0]["pid"] == os.getpid()
     with PidLock(path, timeout=0):
         pass
+
+
+def test_a_pinned_build_folder_rebuilds_when_the_sources_change(tmp_path, monkeypatch):
+    """``$VSC_KERNELS_BUILD_DIR`` (editing csrc/): one folder, rebuilt (incrementally, by
+    ninja) whenever the build key changes."""
+    import torch.utils.cpp_extension as cpp_extension
+
+    monkeypatch.setenv(_extension.BUILD_DIR_ENV, str(tmp_path / "pinned"))
+    calls = []
+    monkeypatch.setattr(cpp_extension, "load", lambda **kwargs: calls.append(kwargs) or
+                        types.SimpleNamespace(__file__="module.so"))
+    monkeypatch.setattr(_extension, "_import", lambda folder: "imported")
+    assert _extension.build_directory() == tmp_path / "pinned"
+    _extension.build_and_load()
+    assert _extension.build_and_load() == "imported" and len(calls) == 1
+    monkeypatch.setenv("CXX", "another-compiler")  # any change of the key
+    _extension.build_and_load()
+    assert len(calls) == 2 and calls[1]["build_directory"] == str(tmp_path / "pinned")
+    assert _extension.build_and_load() == "imported"

@@ -167,3 +167,19 @@ def test_resume_falls_back_from_a_damaged_checkpoint(small_toml, tmp_path, capsy
     err = capsys.readouterr().err
     assert "checkpoint.pt is truncated or corrupt" in err and "checkpoint.prev.pt" in err
     assert "Traceback" not in err
+
+
+def test_ctrl_c_before_training_starts_is_one_line(tmp_path):
+    """While torch loads (the first seconds), a Ctrl-C ends the command quietly."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    child = subprocess.Popen([sys.executable, "-m", "vsc.cli", "train", "quick", "--out",
+                              str(tmp_path / "run")], env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    time.sleep(0.5)
+    child.send_signal(signal.SIGINT)
+    stdout, stderr = child.communicate(timeout=120)
+    assert "Traceback" not in stderr, stderr
+    # 130 from main(); -2 if the signal beat Python's own handler at interpreter start.
+    assert child.returncode in (130, -signal.SIGINT), (child.returncode, stderr)
+    if child.returncode == 130:
+        assert stderr.strip() == "vsc train: interrupted"

@@ -12,10 +12,12 @@ from typing import IO, Callable, Iterator
 
 
 @contextmanager
-def atomic_output(path: str | Path) -> Iterator[Path]:
+def atomic_output(path: str | Path, *,
+                  before_replace: Callable[[], object] | None = None) -> Iterator[Path]:
     """Yield the path of a temporary file next to ``path`` for the caller to fill (for
     writers that need a file name, e.g. ``numpy.lib.format.open_memmap``); on a normal
-    exit it is fsynced and moved onto ``path``, on any error removed (``path`` untouched)."""
+    exit it is fsynced and moved onto ``path``, on any error removed (``path`` untouched).
+    ``before_replace()`` runs once the new file is complete, just before the move."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -25,6 +27,8 @@ def atomic_output(path: str | Path) -> Iterator[Path]:
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
         os.chmod(tmp, 0o644)  # mkstemp creates 0600; these are ordinary data files
+        if before_replace is not None:
+            before_replace()
         os.replace(tmp, path)
     except BaseException:
         try:
@@ -41,11 +45,13 @@ def cache_root() -> Path:
     return Path(env).expanduser() if env else Path.home() / ".cache" / "vsc"
 
 
-def atomic_write(path: str | Path, write: Callable[[IO[bytes]], object]) -> Path:
+def atomic_write(path: str | Path, write: Callable[[IO[bytes]], object], *,
+                 before_replace: Callable[[], object] | None = None) -> Path:
     """Call ``write(handle)`` on a temporary binary file, then move it onto ``path``;
-    on any error the temporary file is removed and ``path`` is untouched."""
+    on any error the temporary file is removed and ``path`` is untouched.
+    ``before_replace()`` runs once the new file is complete, just before the move."""
     path = Path(path)
-    with atomic_output(path) as tmp:
+    with atomic_output(path, before_replace=before_replace) as tmp:
         with open(tmp, "wb") as handle:
             write(handle)
     return path

@@ -26,9 +26,8 @@ from collections import defaultdict
 from importlib import resources
 from pathlib import Path
 
-from . import runs
-from .config import Config, config_class, load_config, read_file
-from .overrides import ConfigError, describe_fields
+# Nothing here imports torch at module level: `vsc --help` answers at once, and a
+# Ctrl-C while torch loads is handled by main() like any other (no traceback).
 
 
 def shipped_configs() -> dict[str, Path]:
@@ -48,6 +47,8 @@ def resolve_config_path(name: str) -> Path:
 
 
 def _train(args) -> int:
+    from . import runs
+    from .config import load_config
     from .train import train
 
     overrides = list(args.overrides)
@@ -77,6 +78,7 @@ def _train(args) -> int:
 
 def _train_dnn(args, config, out: Path) -> int:
     """A DNN-generator run, on this process or as one of torchrun's; rank 0 prints."""
+    from . import runs
     from .dnn.train import train as train_dnn
 
     main_rank = os.environ.get("RANK", "0") == "0"
@@ -106,6 +108,8 @@ def _train_dnn(args, config, out: Path) -> int:
 
 def _resume_command(out: Path) -> str:
     """This command without --stop-after-steps, with --resume (torchrun's when under it)."""
+    from . import runs
+
     argv, skip = [], False
     for arg in sys.argv[1:]:
         if skip or arg.startswith("--stop-after-steps="):
@@ -149,6 +153,7 @@ def _figure7(args) -> int:
 
 def _eval_dnn(config, run: Path) -> int:
     """Recompute a DNN run's summary and figures from its last checkpoint."""
+    from . import runs
     from .dnn.train import DnnTrainer
 
     with runs.RunLock(run):
@@ -163,6 +168,8 @@ def _eval_dnn(config, run: Path) -> int:
 
 
 def _eval(args) -> int:
+    from . import runs
+    from .config import load_config
     from .train import Trainer, write_json
 
     run = Path(args.run_dir)
@@ -184,6 +191,9 @@ def _eval(args) -> int:
 
 
 def _keys(args) -> int:
+    from .config import Config, config_class, load_config, read_file
+    from .overrides import describe_fields
+
     values, cls = None, Config
     if args.config:
         path = resolve_config_path(args.config)
@@ -323,36 +333,50 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-# User errors: one line each on stderr, exit code 2, never a traceback. Anything else
-# is a bug and keeps its traceback.
-USER_ERRORS = (ValueError, OSError, runs.RunLocked, runs.CheckpointError)
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     prefix = f"vsc {args.command}"
+    try:
+        return _run(args, argv, prefix)
+    except KeyboardInterrupt:  # outside a training loop (which saves and stops itself)
+        runs = sys.modules.get("vsc.runs")
+        out = getattr(args, "out_dir", None)
+        hint = ""
+        if runs is not None and out is not None and any(
+                (Path(out) / name).exists() for name in (runs.CHECKPOINT, runs.PREVIOUS)):
+            hint = f"; resume from its last checkpoint with: {runs.resume_command(argv, out)}"
+        print(f"\n{prefix}: interrupted{hint}", file=sys.stderr)
+        return 130
+
+
+def _run(args, argv: list[str], prefix: str) -> int:
+    """Run the command; user errors become one line each on stderr and exit code 2,
+    never a traceback. Anything else is a bug and keeps its traceback."""
+    from . import runs
+    from .overrides import ConfigError
+
+    user_errors = (ValueError, OSError, runs.RunLocked, runs.CheckpointError)
     try:
         return args.func(args)
     except runs.Interrupted as stopped:
         print(f"{prefix}: {stopped}\nresume with: {runs.resume_command(argv, args.out_dir)}",
               file=sys.stderr)
         return stopped.exit_code
-    except KeyboardInterrupt:
-        out = getattr(args, "out_dir", None)
-        saved = out is not None and any((Path(out) / n).exists()
-                                        for n in (runs.CHECKPOINT, runs.PREVIOUS))
-        hint = (f"; resume from its last checkpoint with: {runs.resume_command(argv, out)}"
-                if saved else "")
-        print(f"\n{prefix}: interrupted{hint}", file=sys.stderr)
-        return 130
     except FloatingPointError as error:  # a diverged run: its checkpoint is intact
         print(f"{prefix}: {error}", file=sys.stderr)
         return 1
-    except USER_ERRORS as error:
+    except user_errors as error:
         lines = error.lines if isinstance(error, ConfigError) else [str(error)]
         for line in lines:
             print(f"{prefix}: error: {line}", file=sys.stderr)
+        return 2
+    except (MemoryError, RuntimeError) as error:  # e.g. n_val=10000000: the data do not fit
+        if isinstance(error, RuntimeError) and "can't allocate memory" not in str(error):
+            raise
+        print(f"{prefix}: error: out of memory ({str(error).strip().splitlines()[0]}); use a "
+              f"smaller config (n_train, n_val, batch_size, eval_rows, latent_dim)",
+              file=sys.stderr)
         return 2
 
 

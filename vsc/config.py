@@ -80,22 +80,13 @@ class Config:
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
-        check_instance(self)  # types and choices from the annotations (vsc.overrides)
         self.validate()
 
     def validate(self):
+        check_instance(self)  # types and choices, from the annotations (vsc.overrides)
+
         def bad(message):
             raise ConfigError([f"config: {message}"])
-        if self.method not in METHODS:
-            bad(f"method must be one of {METHODS}, got {self.method!r}")
-        if self.prior not in PRIORS:
-            bad(f"unknown prior {self.prior!r}; choose one of {sorted(PRIORS)}")
-        if self.sampling not in SAMPLING:
-            bad(f"sampling must be one of {SAMPLING}, got {self.sampling!r}")
-        if self.estimator not in ESTIMATORS:
-            bad(f"estimator must be one of {ESTIMATORS}, got {self.estimator!r}")
-        if self.recon not in ("sum", "mean"):
-            bad(f"recon must be 'sum' or 'mean', got {self.recon!r}")
         for name in ("fista_lambda", "val_lambda", "beta", "prior_scale", "lr_dictionary",
                      "lr_encoder", "gamma_kl_weight"):
             if getattr(self, name) < 0:
@@ -110,6 +101,8 @@ class Config:
                 bad(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.prior_scale == 0:
             bad("prior_scale must be > 0")
+        if not 0 <= self.seed < 2**32:  # numpy's range; torch's epoch orders use seed * 100003
+            bad(f"seed must be in [0, 2**32), got {self.seed}")
         try:
             torch.device(self.device)
         except RuntimeError:

@@ -7,9 +7,9 @@ that a crash cannot destroy, and a clean stop on Ctrl-C / SIGTERM.
   recovered silently (the kernel drops the ``flock`` of a dead process; see
   :mod:`vsc_kernels._filelock`).
 * :func:`save_checkpoint` -- writes ``checkpoint.pt`` atomically (temporary file,
-  ``fsync``, ``os.replace``) and keeps the checkpoint it replaces as
-  ``checkpoint.prev.pt`` (a hard link made before the replace), so at every instant
-  both names hold a complete checkpoint.
+  ``fsync``, ``os.replace``: :func:`vsc._io.atomic_write`) and keeps the checkpoint it
+  replaces as ``checkpoint.prev.pt`` (a hard link made before the replace), so at every
+  instant both names hold a complete checkpoint.
 * :func:`load_checkpoint` -- policy for a truncated or corrupt checkpoint: it is
   renamed to ``checkpoint.pt.corrupt`` (kept for inspection, never rotated into
   ``.prev``), one line on stderr names it and the error, and the previous good
@@ -29,15 +29,17 @@ from __future__ import annotations
 import os
 import pickle
 import shlex
+import shutil
 import signal
 import sys
-import tempfile
 import zipfile
 from pathlib import Path
 
 import torch
 
 from vsc_kernels._filelock import LockBusy, PidLock, describe_holder, read_holder
+
+from ._io import atomic_write
 
 CHECKPOINT = "checkpoint.pt"
 PREVIOUS = "checkpoint.prev.pt"
@@ -119,31 +121,21 @@ def save_checkpoint(state: dict, out_dir: str | Path, name: str = CHECKPOINT,
     """Write ``state`` to ``out_dir/name`` atomically, keeping the replaced checkpoint as
     ``out_dir/previous``. Returns the checkpoint's path."""
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     path, prev = out_dir / name, out_dir / previous
-    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=out_dir)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(state, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, 0o644)
-        if path.exists():
-            # A second name for the current checkpoint, then an atomic rename onto
-            # `previous`: `path` stays complete throughout.
-            link = out_dir / f".{previous}.{os.getpid()}.tmp"
-            try:
-                link.unlink(missing_ok=True)
-                os.link(path, link)
-            except OSError:  # no hard links on this file system: copy
-                import shutil
-                shutil.copyfile(path, link)
-            os.replace(link, prev)
-        os.replace(tmp, path)
-        _fsync_dir(out_dir)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+
+    def keep_previous():  # the new checkpoint is complete: rotate the current one
+        if not path.exists():
+            return
+        link = out_dir / f".{previous}.tmp"  # one writer per folder (RunLock)
+        link.unlink(missing_ok=True)
+        try:
+            os.link(path, link)  # a second name for it, then moved atomically
+        except OSError:  # no hard links on this file system: copy
+            shutil.copyfile(path, link)
+        os.replace(link, prev)
+
+    atomic_write(path, lambda handle: torch.save(state, handle), before_replace=keep_previous)
+    _fsync_dir(out_dir)
     return path
 
 
@@ -231,7 +223,8 @@ class StopOnSignal:
     """Within the ``with`` block, SIGINT and SIGTERM set :attr:`requested` (the signal
     number in :attr:`signum`) instead of killing the process; a second SIGINT raises
     ``KeyboardInterrupt`` (for a loop that stopped checking). The previous handlers
-    come back on exit. Outside the main thread (where Python cannot install signal
+    come back on exit. A signal the process ignores (``nohup``, a background job of a
+    script) stays ignored. Outside the main thread (where Python cannot install signal
     handlers) it installs nothing and :attr:`requested` stays False."""
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -258,6 +251,8 @@ class StopOnSignal:
     def __enter__(self) -> "StopOnSignal":
         try:
             for sig in self.SIGNALS:
+                if signal.getsignal(sig) is signal.SIG_IGN:
+                    continue  # ignored on purpose (nohup, a background job): keep it so
                 self._previous[sig] = signal.signal(sig, self._handle)
         except ValueError:  # not the main thread
             self.__exit__()

@@ -10,11 +10,15 @@ Where the binary lives. One folder per binary, under ``TORCH_EXTENSIONS_DIR``
 (default: torch's ``~/.cache/torch_extensions``), named after what determines it:
 ``vsc_kernels_cpu_<python tag>_torch<version>_<key>``, the key hashing the sources'
 bytes, the compile flags, the torch build, the Python ABI and platform and ``$CXX``.
-The sources are copied into the folder (``src/``) and compiled from there, so every
-checkout, venv or installed wheel with the same sources, torch and Python shares one
-build and none rebuilds another's (torch's own ``build.ninja`` would otherwise record
-each checkout's source paths and rebuild on every switch). Stale folders of old
-sources are left in place (a few MB each); delete them freely.
+The sources are copied into the folder (``src/``) and compiled from there. Once a
+build has succeeded, the folder gets a ``built`` stamp and later processes import the
+module directly (no lock, no ninja), so every checkout, venv or installed wheel with
+the same sources, torch build and Python shares one build and none rebuilds
+another's (torch's ``load`` would rerun ninja, whose ``build.ninja`` records the
+source, torch and Python paths of the caller, and recompile on every switch). Stale
+folders of old sources are left in place (a few MB each); delete them freely. While
+editing ``csrc/``, ``$VSC_KERNELS_BUILD_DIR`` pins one folder instead, in which ninja
+recompiles only the changed files (the stamp then holds the key of the last build).
 
 Locking. Builders take ``build.lock`` in that folder (an ``flock`` holding the
 builder's pid, :mod:`vsc_kernels._filelock`): the kernel drops it when its process
@@ -35,6 +39,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import importlib.util
 import os
 import re
 import sys
@@ -44,13 +49,13 @@ import threading
 import warnings
 from pathlib import Path
 
-from ._filelock import LockBusy, PidLock, describe_holder
-
 EXTENSION_NAME = "vsc_kernels_cpu"
 BUILD_TIMEOUT_ENV = "VSC_KERNELS_BUILD_TIMEOUT"
 DEFAULT_BUILD_TIMEOUT = 600.0
 BUILD_LOCK = "build.lock"
 TORCH_BATON = "lock"  # torch.utils.file_baton.FileBaton's file in the build folder
+BUILT_STAMP = "built"  # holds the build key once the module has been built and imported
+BUILD_DIR_ENV = "VSC_KERNELS_BUILD_DIR"  # a fixed folder instead of the keyed one
 
 
 def _find_csrc() -> Path:
@@ -97,9 +102,13 @@ def build_key() -> str:
 
 
 def build_directory() -> Path:
-    """The folder that holds (or will hold) this binary."""
+    """The folder that holds (or will hold) this binary: ``$VSC_KERNELS_BUILD_DIR`` if
+    set, else a folder of ``$TORCH_EXTENSIONS_DIR`` named after the build key."""
     import torch
     from torch.utils.cpp_extension import get_default_build_root
+
+    if os.environ.get(BUILD_DIR_ENV):
+        return Path(os.environ[BUILD_DIR_ENV]).expanduser().resolve()
 
     root = os.environ.get("TORCH_EXTENSIONS_DIR") or get_default_build_root()
     tag = re.sub(r"[^A-Za-z0-9_.-]", "_", f"{sys.implementation.cache_tag}_torch{torch.__version__}")
@@ -137,13 +146,34 @@ def _say(message: str) -> None:
     print(f"vsc_kernels: {message}", file=sys.stderr, flush=True)
 
 
+def _import(folder: Path):
+    path = folder / f"{EXTENSION_NAME}.so"
+    spec = importlib.util.spec_from_file_location(EXTENSION_NAME, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _built(folder: Path, key: str) -> bool:
+    try:
+        return (folder / BUILT_STAMP).read_text() == key
+    except OSError:
+        return False
+
+
 def build_and_load():
-    """Build (if needed) and import the module, under the build lock."""
-    from torch.utils.cpp_extension import load
+    """Import the module, building it first (under the build lock) if this folder holds
+    no finished build yet."""
+    import torch  # noqa: F401  (the module links against the loaded libtorch)
 
     if not _source_files():
         raise FileNotFoundError(f"no C++ sources found in {CSRC_DIR}")
     folder = build_directory()
+    key = build_key()
+    if _built(folder, key):
+        return _import(folder)  # finished once, never rewritten: no lock, no ninja
+    from ._filelock import LockBusy, PidLock, describe_holder  # POSIX: elsewhere, no build
+
     lock_path = folder / BUILD_LOCK
     timeout = _build_timeout()
     lock = PidLock(lock_path, timeout=timeout, on_wait=lambda holder: _say(
@@ -160,18 +190,23 @@ def build_and_load():
             f"with it. Or wait longer (${BUILD_TIMEOUT_ENV}=seconds), or run without the C++ "
             f"kernels (VSC_KERNELS_BACKEND=reference).") from None
     try:
+        if _built(folder, key):  # built while we waited
+            return _import(folder)
+        from torch.utils.cpp_extension import load
+
         sources = _stage_sources(folder / "src")
         baton = folder / TORCH_BATON
         if baton.exists():  # we hold build.lock: its torch builder was killed
             baton.unlink()
             _say(f"removed {baton}, left by a build that was killed")
-        if not (folder / f"{EXTENSION_NAME}.so").exists():
-            _say(f"building the C++ kernels once, about 30 s (cached in {folder})")
-        return load(name=EXTENSION_NAME, sources=[str(s) for s in sources],
-                    extra_include_paths=[str(folder / "src")],
-                    # copies: torch appends its own -L/-l flags to the list it is given
-                    extra_cflags=list(EXTRA_CFLAGS), extra_ldflags=list(EXTRA_LDFLAGS),
-                    build_directory=str(folder), verbose=False)
+        _say(f"building the C++ kernels once, about 30 s (cached in {folder})")
+        module = load(name=EXTENSION_NAME, sources=[str(s) for s in sources],
+                      extra_include_paths=[str(folder / "src")],
+                      # copies: torch appends its own -L/-l flags to the list it is given
+                      extra_cflags=list(EXTRA_CFLAGS), extra_ldflags=list(EXTRA_LDFLAGS),
+                      build_directory=str(folder), verbose=False)
+        (folder / BUILT_STAMP).write_text(key)
+        return module
     finally:
         lock.release()
 

@@ -107,12 +107,12 @@ class DnnConfig:
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
-        check_instance(self)  # types and choices from the annotations (vsc.overrides)
         self.validate()
 
     def validate(self):
-        """Ranges and combinations (the types and choices are checked before, from the
-        annotations)."""
+        """Types and choices (from the annotations), then ranges and combinations."""
+        check_instance(self)
+
         def bad(message):
             raise ConfigError([f"config: {message}"])
 
