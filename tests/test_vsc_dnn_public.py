@@ -24,7 +24,7 @@ import vsc_kernels
 from vsc.dnn.models import Decoder, Encoder
 from vsc.dnn.train import cycle_lr_factor
 from vsc.priors import make_prior
-from vsc_kernels._philox import base_noise, draw_seed
+from vsc_kernels._philox import base_noise, draw_seed, philox_lanes
 
 MIRROR = os.environ.get("VSC_PUBLIC_CODE", "/work/.mirror/kfallah+variational-sparse-coding/repo")
 
@@ -112,23 +112,32 @@ def test_loss_scaling_and_selection_are_the_public_codes(public, method, prior):
         torch.testing.assert_close(a, b)
 
 
-def test_thresholded_gaussian_sampling_is_the_public_dnn_scripts(public, monkeypatch):
-    """Same noise: the public DNN scripts' thresholded Gaussian (no warm-up) equals
+@pytest.mark.parametrize("prior,lam", [("gaussian", 0.52), ("laplacian", 0.23)])
+def test_thresholded_sampling_is_the_public_dnn_scripts(public, monkeypatch, prior, lam):
+    """Same noise: the public DNN scripts' thresholded samplers -- the Gaussian (no warm-up)
+    and the Laplacian (warm-up set to 1 before training, ``ramp_hyperparams``) -- equal
     threshold_sample with warmup 1 and estimator "straight_shift" (the public code's
     straight-through, whose shift keeps its gradient on active entries)."""
     torch.manual_seed(2)
-    B, J, d, lam = 6, 5, 16, 0.52
+    B, J, d = 6, 5, 16
+    base = "gaussian" if prior == "gaussian" else "laplace"
     mu = torch.randn(B, d, dtype=torch.float64, requires_grad=True)
-    logvar = (0.5 * torch.randn(B, d, dtype=torch.float64)).requires_grad_()
+    logb = (0.5 * torch.randn(B, d, dtype=torch.float64) - 1.0).requires_grad_()
     generator = torch.Generator().manual_seed(7)
     seed = draw_seed(torch.device("cpu"), copy.deepcopy(generator))
-    eps = base_noise("gaussian", seed, B * J, d, dtype=torch.float64).reshape(B, J, d)
-    ours = vsc_kernels.threshold_sample(mu, logvar, lam, num_samples=J, base="gaussian",
+    ours = vsc_kernels.threshold_sample(mu, logb, lam, num_samples=J, base=base,
                                         estimator="straight_shift", warmup=1.0,
                                         generator=copy.deepcopy(generator))
-    encoder = SimpleNamespace(lambda_=torch.full((B, J, d), lam, dtype=torch.float64))
+    if base == "gaussian":
+        eps = base_noise("gaussian", seed, B * J, d, dtype=torch.float64).reshape(B, J, d)
+        monkeypatch.setattr(torch, "randn_like", lambda t: eps.to(t.dtype))
+    else:   # the uniform our Laplace noise is the inverse CDF of (_philox.laplace_noise)
+        m = 2 * (philox_lanes(seed, B * J, d) >> 8) - 2**24 + 1
+        u = (m.to(torch.float64) / 2**25).reshape(B, J, d)
+        monkeypatch.setattr(torch, "rand_like", lambda t: (u + 0.5).to(t.dtype))
+    encoder = SimpleNamespace(lambda_=torch.full((B, J, d), lam, dtype=torch.float64),
+                              warmup=1.0)
     encoder.soft_threshold = lambda v: torch.relu(v.abs() - encoder.lambda_) * torch.sign(v)
-    monkeypatch.setattr(torch, "randn_like", lambda t: eps.to(t.dtype))
     captured = {}
 
     def capture_recon(x, z, A):
@@ -136,15 +145,16 @@ def test_thresholded_gaussian_sampling_is_the_public_dnn_scripts(public, monkeyp
         return torch.zeros(*z.shape[:2], 1, dtype=z.dtype)
 
     monkeypatch.setattr(public.rep, "compute_recon_loss", capture_recon)
-    args = _solver_args(prior_distribution="gaussian", estimator="straight", kl_weight=0.0,
+    args = _solver_args(prior_distribution=prior, estimator="straight", kl_weight=0.0,
                         sample_method="avg", num_samples=J)
-    public.rep.sample_gaussian(mu, logvar, torch.zeros(B, 1), None, encoder, args)
+    sampler = public.rep.sample_gaussian if base == "gaussian" else public.rep.sample_laplacian
+    sampler(mu, logb, torch.zeros(B, 1), None, encoder, args)
     theirs = captured["z"]
     torch.testing.assert_close(ours, theirs)
     assert 0 < (ours == 0).double().mean() < 1
     weight = torch.randn(B, J, d, dtype=torch.float64)
-    g_ours = torch.autograd.grad((ours * weight).sum(), (mu, logvar))
-    g_theirs = torch.autograd.grad((theirs * weight).sum(), (mu, logvar))
+    g_ours = torch.autograd.grad((ours * weight).sum(), (mu, logb))
+    g_theirs = torch.autograd.grad((theirs * weight).sum(), (mu, logb))
     for a, b in zip(g_ours, g_theirs):
         torch.testing.assert_close(a, b)
 
