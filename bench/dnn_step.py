@@ -213,6 +213,7 @@ def main(argv=None):
     if not (args.quick or args.no_save):
         payload = {"benchmark": "dnn_step", "environment": common.environment(device),
                    "load_average": os.getloadavg(),
+                   "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
                    "shape": {"B": args.batch, "J": args.samples, "latent_dim": args.latent_dim,
                              "image": [1, 28, 28], "architecture": "fmnist (Table 5)"},
                    "dtype": args.dtype, "repeats": repeats, "rows": rows,
