@@ -5,9 +5,14 @@
   vsc configs                    the shipped configs
   vsc eval RUN_DIR               recompute a run's summary.json
   vsc table RUN_DIR [RUN_DIR ...]
+  vsc sweep CONFIG [CONFIG ...] [key=value ...] --latent-dims 64,512 --pct 5,10 [--run]
+  vsc figure7 RUN_DIR [RUN_DIR ...] [--out figure7.png]
 
-CONFIG is a TOML/YAML/JSON file or the name of a shipped config (e.g. quick or
-table1/thresholded_laplacian_J20). `vsc COMMAND --help` describes each command.
+CONFIG is a TOML/YAML/JSON file or the name of a shipped config (e.g. quick,
+table1/thresholded_laplacian_J20, dnn/quick or fmnist/thresholded_gaussian). DNN-generator
+configs (generator = "dnn") also train under
+`torchrun --nproc_per_node=N -m vsc.cli train CONFIG ...`. `vsc COMMAND --help` describes
+each command.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 from collections import defaultdict
 from importlib import resources
@@ -52,12 +58,111 @@ def _train(args) -> int:
         overrides.append("full=true")
     config = load_config(resolve_config_path(args.config), overrides)
     out = Path(args.out) if args.out else Path("runs") / f"{config.name or 'run'}_seed{config.seed}"
+    if getattr(config, "generator", "linear") == "dnn":
+        if not args.out:   # fmnist/x and celeba/x share their stems: keep the folder's name
+            label = args.config if args.config in shipped_configs() else Path(args.config).stem
+            out = Path("runs") / f"{label.replace('/', '_')}_d{config.latent_dim}_seed{config.seed}"
+        args.out_dir = out
+        return _train_dnn(args, config, out)
+    if args.stop_after_steps is not None:
+        raise ValueError("--stop-after-steps applies to DNN-generator configs")
     args.out_dir = out
     runs.check_free(out)  # these two say so before the data are loaded
     if args.resume:
         runs.find_checkpoint(out)
     print(f"vsc train: {config.name or args.config} -> {out}", flush=True)
     summary = train(config, out, resume=args.resume, progress=not args.no_progress)
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def _train_dnn(args, config, out: Path) -> int:
+    """A DNN-generator run, on this process or as one of torchrun's; rank 0 prints."""
+    from . import runs
+    from .dnn.train import train as train_dnn
+
+    main_rank = os.environ.get("RANK", "0") == "0"
+    if main_rank:
+        runs.check_free(out)  # these two say so before the data are loaded
+        if args.resume:
+            runs.find_checkpoint(out)
+        world = os.environ.get("WORLD_SIZE", "1")
+        print(f"vsc train: {config.name or args.config} -> {out} ({world} process(es))",
+              flush=True)
+    try:
+        summary = train_dnn(config, out, resume=args.resume, progress=not args.no_progress,
+                            stop_after_steps=args.stop_after_steps)
+    except runs.Interrupted as stop:
+        if main_rank:
+            print(f"vsc train: {stop}\nresume with: {_resume_command(out)}",
+                  file=sys.stderr, flush=True)
+        return stop.exit_code
+    if main_rank:
+        if "stopped_at_step" in summary:
+            print(f"vsc train: stopped after step {summary['stopped_at_step']} with a "
+                  f"checkpoint; resume with: {_resume_command(out)}", flush=True)
+        else:
+            print(json.dumps(summary, indent=2))
+    return 0
+
+
+def _resume_command(out: Path) -> str:
+    """This command without --stop-after-steps, with --resume (torchrun's when under it)."""
+    from . import runs
+
+    argv, skip = [], False
+    for arg in sys.argv[1:]:
+        if skip or arg.startswith("--stop-after-steps="):
+            skip = False
+            continue
+        skip = arg == "--stop-after-steps"
+        if not skip:
+            argv.append(arg)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        nproc = os.environ.get("LOCAL_WORLD_SIZE", os.environ["WORLD_SIZE"])
+        return runs.resume_command(argv, out, prog=f"torchrun --nproc_per_node={nproc} "
+                                                   "[the same rendezvous options] -m vsc.cli")
+    return runs.resume_command(argv, out)
+
+
+def _sweep(args) -> int:
+    from .dnn.sweep import parse_list, run_sweep, sweep_commands
+
+    names = [a for a in args.items if "=" not in a]
+    overrides = [a for a in args.items if "=" in a]
+    if not names:
+        raise ValueError("name at least one DNN config (e.g. fmnist/gaussian)")
+    planned = sweep_commands([(n, resolve_config_path(n)) for n in names], overrides,
+                             parse_list(args.latent_dims, int), parse_list(args.pct),
+                             parse_list(args.seeds, int), args.out_root, args.nproc)
+    if not args.run:
+        print("\n".join(run["command"] for run in planned))
+        return 0
+    return 1 if run_sweep(planned, args.nproc) else 0
+
+
+def _figure7(args) -> int:
+    from . import plots
+    from .dnn.sweep import figure7_records
+
+    records = figure7_records(args.run_dirs)
+    plots.plot_figure7(records, args.out)
+    print(f"vsc figure7: {len(records)} runs -> {args.out}")
+    return 0
+
+
+def _eval_dnn(config, run: Path) -> int:
+    """Recompute a DNN run's summary and figures from its last checkpoint."""
+    from . import runs
+    from .dnn.train import DnnTrainer
+
+    with runs.RunLock(run):
+        trainer = DnnTrainer(config, run, progress=False)
+        try:
+            trainer.load_state(runs.load_checkpoint(run, map_location="cpu")[0])
+            summary = trainer.finish()
+        finally:
+            trainer.close()
     print(json.dumps(summary, indent=2))
     return 0
 
@@ -74,6 +179,8 @@ def _eval(args) -> int:
     runs.check_free(run)
     runs.find_checkpoint(run)
     config = load_config(config_path, [f"device={json.dumps(args.device)}"] if args.device else [])
+    if getattr(config, "generator", "linear") == "dnn":
+        return _eval_dnn(config, run)
     with runs.RunLock(run):
         trainer = Trainer(config, run, progress=False)
         trainer.load_checkpoint()
@@ -84,13 +191,18 @@ def _eval(args) -> int:
 
 
 def _keys(args) -> int:
-    from .config import Config, load_config
+    from .config import Config, config_class, load_config, read_file
     from .overrides import describe_fields
 
-    values = None
+    values, cls = None, Config
     if args.config:
-        values = load_config(resolve_config_path(args.config)).to_dict()
-    print(describe_fields(Config, values))
+        path = resolve_config_path(args.config)
+        cls = config_class(read_file(path))
+        if cls is Config:
+            values = load_config(path).to_dict()
+        else:   # a DNN config may leave data to the command line: the file's values
+            values = read_file(path)
+    print(describe_fields(cls, values))
     print("\nSet any key on the command line: vsc train CONFIG key=value ... (TOML syntax: "
           "1e-3, true, \"max\"; none for an unset optional value).")
     return 0
@@ -181,6 +293,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--full", action="store_true",
                    help="ignore quick=true: the paper's Appendix D schedule")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--stop-after-steps", type=int, metavar="N",
+                   help="DNN runs: stop after checkpointing at step N (a job of bounded "
+                   "length; continue with --resume)")
     p.set_defaults(func=_train)
     p = sub.add_parser("keys", help="list the config keys (types, defaults, help)",
                        description="List the keys `vsc train` accepts as key=value, with "
@@ -196,6 +311,25 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("table", help="Table-1-style summary of run directories")
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
     p.set_defaults(func=lambda a: print(table(a.run_dirs)) or 0)
+    p = sub.add_parser("sweep", help="Figure 7 grid of DNN runs: print the commands or --run",
+                       description="One `vsc train` run per config, latent dimension, % "
+                       "non-zero and seed (the dense priors once per dimension and seed). "
+                       "Prints the commands; --run runs them here one after another "
+                       "(finished runs skipped, checkpointed ones resumed).")
+    p.add_argument("items", nargs="+", metavar="CONFIG|key=value",
+                   help="DNN configs, and key=value overrides for every run")
+    p.add_argument("--latent-dims", default="64,128,256,512",
+                   help="comma-separated latent dimensions (default 64,128,256,512)")
+    p.add_argument("--pct", default="10", help="comma-separated %% non-zero targets (default 10)")
+    p.add_argument("--seeds", default="0", help="comma-separated seeds (the paper: 0,1337,747)")
+    p.add_argument("--out-root", default="runs/sweep", metavar="DIR")
+    p.add_argument("--nproc", type=int, default=1, help="processes per run (torchrun)")
+    p.add_argument("--run", action="store_true", help="run the grid here, one run at a time")
+    p.set_defaults(func=_sweep)
+    p = sub.add_parser("figure7", help="Figure 7's panels from finished DNN runs")
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    p.add_argument("--out", default="figure7.png", metavar="PNG")
+    p.set_defaults(func=_figure7)
     return parser
 
 

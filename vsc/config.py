@@ -168,20 +168,39 @@ def read_file(path: str | Path) -> dict:
     return values
 
 
-def build_config(values: dict, overrides: list[str] = ()) -> Config:
-    """A :class:`Config` from a file's ``values`` and ``key=value`` overrides (which win);
-    :class:`ConfigError` lists every unknown key and badly typed value, one per line."""
+def config_class(values: dict) -> type:
+    """The dataclass a config's values describe: ``generator = "dnn"`` is a DNN-generator
+    run (:class:`vsc.dnn.config.DnnConfig`), ``"linear"`` (the default) the linear
+    generator's :class:`Config`."""
+    generator = values.get("generator", "linear")
+    if generator == "dnn":
+        from .dnn.config import DnnConfig
+        return DnnConfig
+    if generator != "linear":
+        raise ConfigError([f"config: generator={generator!r}: expected one of 'linear', 'dnn'"])
+    return Config
+
+
+def build_config(values: dict, overrides: list[str] = ()):
+    """A :class:`Config` or :class:`vsc.dnn.config.DnnConfig` (:func:`config_class`) from
+    a file's ``values`` and ``key=value`` overrides (which win); :class:`ConfigError`
+    lists every unknown key and badly typed value, one per line."""
     parsed, raw, errors = split_overrides(overrides)
     errors = [f"config: {line}" for line in errors]
+    cls = config_class({**values, **parsed})
+    extra = {**SWITCHES, "generator": str} if cls is Config else {}
     checked = []
     for part, text in ((values, None), (parsed, raw)):
         try:
-            checked.append(check_values(Config, part, text, extra=SWITCHES))
+            checked.append(check_values(cls, part, text, extra=extra))
         except ConfigError as error:
             errors += error.lines
     if errors:
         raise ConfigError(errors)
     values = {**checked[0], **checked[1]}
+    if cls is not Config:
+        return cls(**values)
+    values.pop("generator", None)
     quick = values.pop("quick", False)
     full = values.pop("full", False)
     if quick and not full:
@@ -189,7 +208,7 @@ def build_config(values: dict, overrides: list[str] = ()) -> Config:
     return Config(**values)
 
 
-def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
+def load_config(path: str | Path | None, overrides: list[str] = ()):
     values = read_file(path) if path is not None else {}
     if "name" not in values and path is not None:
         values["name"] = Path(path).stem
