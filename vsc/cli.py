@@ -335,9 +335,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser().parse_args(argv)
-    prefix = f"vsc {args.command}"
+    args, prefix = None, "vsc"
     try:
+        args = build_parser().parse_args(argv)
+        prefix = f"vsc {args.command}"
         return _run(args, argv, prefix)
     except KeyboardInterrupt:  # outside a training loop (which saves and stops itself)
         runs = sys.modules.get("vsc.runs")
