@@ -75,7 +75,7 @@ def _fixed_point_loss(trainer):
         if not trainer.variational:
             codes = trainer.infer_fista(x, trainer.config.fista_lambda)
             return metrics.sparse_coding_objective(x, trainer.generator.A, codes, 20.0)
-        loss, _ = trainer.loss(x, step)
+        loss = trainer.loss(x, step)[0]
     return loss.item()
 
 

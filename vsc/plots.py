@@ -151,13 +151,16 @@ def load_jsonl(path) -> list[dict]:
 
 
 def plot_metric_curves(records: Sequence[Mapping], keys: str | Iterable[str], path,
-                       x_key: str = "epoch", logy: bool = False) -> Path:
+                       x_key: str = "epoch", logy: bool = False, title: str | None = None,
+                       labels: Mapping[str, str] | None = None) -> Path:
     """Per-epoch curves (e.g. validation loss, % non-zero) from metrics records.
 
     ``records`` are the dicts of the metrics JSON lines (see :func:`load_jsonl`); one
     subplot per key, x from ``record[x_key]`` (the record's position when absent).
     Records without a key, or whose value is not a finite number, are skipped for that
-    key. A key present in no record raises ValueError. Returns the path written.
+    key. A key present in no record raises ValueError. ``labels`` maps a key to its
+    y-axis label (with units; default the key), ``title`` heads the figure. Returns
+    the path written.
     """
     if isinstance(keys, str):
         keys = [keys]
@@ -181,15 +184,18 @@ def plot_metric_curves(records: Sequence[Mapping], keys: str | Iterable[str], pa
             raise ValueError(f"keys: {key!r} has no numeric value in any record")
         series[key] = (xs, ys)
     n = len(keys)
-    fig = _new_figure((5.0, 2.4 * n))
+    labels = dict(labels or {})
+    fig = _new_figure((5.5, 2.4 * n + (0.4 if title else 0.0)))
     for i, key in enumerate(keys):
         ax = fig.add_subplot(n, 1, i + 1)
         xs, ys = series[key]
         ax.plot(xs, ys, marker="o" if len(ys) < 30 else None, markersize=3)
-        ax.set_ylabel(key)
+        ax.set_ylabel(labels.get(key, key), fontsize=8)
         if logy and all(y > 0 for y in ys):
             ax.set_yscale("log")
         ax.grid(alpha=0.3)
     fig.axes[-1].set_xlabel(x_key)
+    if title:
+        fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     return _save_png(fig, path)

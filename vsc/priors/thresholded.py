@@ -5,7 +5,9 @@ distribution (Appendix B) with a shifted soft-threshold (eq. 2) of ``lam0``, or
 with ``lam0 = 0`` the plain Laplacian (Barello et al. 2018) and Gaussian (the
 VAE) priors. The threshold may instead be learned per sample with a Gamma
 posterior (:mod:`vsc.priors.gamma`). The scale warm-up of Appendix B multiplies
-the inferred scale: ``w = min(1, 0.1 + 2e-4 * step)``.
+the inferred scale: ``w = min(1, 0.1 + 2e-4 * max(step - delay, 0))`` (``delay = 0`` in
+the paper's text; the public code holds 0.1 for 1,500 steps and does not warm up the
+Gaussian base, see :mod:`vsc.conventions`).
 
 Heads: ``mu`` and ``logb`` (``log b`` for Laplace, the log-variance for Gaussian),
 plus ``log_alpha`` and ``log_beta`` with a learned threshold.
@@ -36,7 +38,7 @@ class ThresholdSamplePrior(Prior):
                  prior_scale: float = 0.1, estimator: str = "straight",
                  learn_threshold: bool = False, gamma_alpha0: float = 3.0,
                  gamma_kl_weight: float = 0.1, warmup_start: float = 0.1,
-                 warmup_step: float = 2e-4):
+                 warmup_step: float = 2e-4, warmup_delay: int = 0):
         super().__init__(latent_dim)
         if self.default_threshold is None:
             if (threshold or 0.0) != 0.0 or learn_threshold:
@@ -56,12 +58,13 @@ class ThresholdSamplePrior(Prior):
         self.estimator = estimator
         self.warmup_start = warmup_start
         self.warmup_step = warmup_step
+        self.warmup_delay = warmup_delay
         self.gamma = (GammaThreshold(self.threshold, alpha0=gamma_alpha0,
                                      kl_weight=gamma_kl_weight) if learn_threshold else None)
         self.heads = ("mu", "logb") + (GammaThreshold.heads if self.gamma else ())
 
     def warmup(self, step: int) -> float:
-        return linear_warmup(step, self.warmup_start, self.warmup_step)
+        return linear_warmup(step, self.warmup_start, self.warmup_step, self.warmup_delay)
 
     def _threshold(self, params, num_samples):
         """(lam for threshold_sample, q(lam | x) or None)."""
