@@ -36,6 +36,7 @@ from .models import InferenceNetwork, LinearGenerator, patch_side
 from .priors import make_prior
 
 CHECKPOINT = "checkpoint.pt"
+DIVERGED = "diverged.json"     # written by train() when a run meets a non-finite loss
 
 
 # --------------------------------------------------------------------------------------
@@ -218,6 +219,11 @@ class Trainer:
             raise FloatingPointError(self._nonfinite_message("a gradient is not finite"))
         for optimizer in self.optimizers.values():
             optimizer.step()
+        params = [p for o in self.optimizers.values() for g in o.param_groups for p in g["params"]]
+        if not torch.isfinite(torch.stack(torch._foreach_norm(params))).all():
+            # Finite but huge gradients times the learning rate overflowed; the last
+            # checkpoint on disk predates this step.
+            raise FloatingPointError(self._nonfinite_message("an update overflowed the parameters"))
         if "encoder" in self.schedulers:
             self.schedulers["encoder"].step()
         with torch.no_grad():
@@ -430,6 +436,7 @@ class Trainer:
     def finish(self) -> dict:
         summary = self.evaluate()
         write_json(self.out_dir / "summary.json", summary)
+        (self.out_dir / DIVERGED).unlink(missing_ok=True)   # a resumed run that got through
         return summary
 
     def run_label(self) -> str:
@@ -530,6 +537,17 @@ class Trainer:
 
 def train(config: Config, out_dir: str | Path, *, resume: bool = False, progress: bool = True,
           checkpoint_minutes: float = 5.0) -> dict:
-    """Train one run into ``out_dir`` (see the module docstring) and return its summary."""
+    """Train one run into ``out_dir`` (see the module docstring) and return its summary.
+    A run that meets a non-finite loss or gradient writes ``diverged.json`` (the step and
+    the message; Table 2 reports such runs as NaN) and raises ``FloatingPointError``."""
     trainer = Trainer(config, out_dir, progress=progress, checkpoint_minutes=checkpoint_minutes)
-    return trainer.fit(resume=resume)
+    try:
+        return trainer.fit(resume=resume)
+    except FloatingPointError as error:
+        write_json(trainer.out_dir / DIVERGED, {
+            "name": config.name, "method": config.method, "prior": config.prior,
+            "estimator": config.estimator, "sampling": config.sampling,
+            "num_samples": config.num_samples, "seed": config.seed,
+            "learn_threshold": config.learn_threshold, "convention": config.convention,
+            "step": trainer.step, "epoch": trainer.epoch + 1, "message": str(error)})
+        raise
