@@ -29,6 +29,8 @@ class Config:
     convention: str = "public_code"      # or "paper_equations": see vsc/conventions.py
     prior: str = "thresholded_laplacian"
     estimator: str = "straight"          # straight-through (eq. 4) or "subgradient"
+    shift_gradient: str = "straight"     # "exact": no straight-through gradient to the shift
+                                         #   where a sample is zero (vsc/priors/thresholded.py)
     sampling: str = "max"                # max ELBO (eq. 9), "avg" (eq. 7), "iwae" or "softmin"
     num_samples: int = 20                # J
     threshold: float | None = None       # lam0; None: the prior's Appendix D value
@@ -93,6 +95,8 @@ class Config:
             bad(f"sampling must be one of {SAMPLING}, got {self.sampling!r}")
         if self.estimator not in ESTIMATORS:
             bad(f"estimator must be one of {ESTIMATORS}, got {self.estimator!r}")
+        if self.shift_gradient not in ("straight", "exact"):
+            bad(f"shift_gradient must be 'straight' or 'exact', got {self.shift_gradient!r}")
         if self.recon not in ("sum", "mean"):
             bad(f"recon must be 'sum' or 'mean', got {self.recon!r}")
         for name in ("fista_lambda", "val_lambda", "beta", "prior_scale", "lr_dictionary",
@@ -168,7 +172,8 @@ class Config:
                 options["warmup_delay"] = self.warmup_delay
             elif self.warmup_start is None:
                 options["warmup_start"] = 1.0
-        options.update(estimator=self.sampler_estimator, learn_threshold=self.learn_threshold,
+        options.update(estimator=self.sampler_estimator, shift_gradient=self.shift_gradient,
+                       learn_threshold=self.learn_threshold,
                        gamma_alpha0=self.gamma_alpha0, gamma_kl_weight=self.gamma_kl_weight)
         if self.threshold is not None:
             options["threshold"] = self.threshold

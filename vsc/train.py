@@ -209,21 +209,22 @@ class Trainer:
             optimizer.zero_grad(set_to_none=True)
         loss, codes, result = self.loss(x, self.step)
         if not torch.isfinite(loss):
-            raise FloatingPointError(self._nonfinite_message(f"the loss is {loss.item()}"))
+            raise FloatingPointError(self._nonfinite_message(f"the loss is {loss.item()}", x))
         loss.backward()
         # A non-finite gradient would poison the parameters (and the next checkpoint):
         # stop before any optimizer applies it.
         grads = [p.grad for o in self.optimizers.values() for g in o.param_groups
                  for p in g["params"] if p.grad is not None]
         if grads and not torch.isfinite(torch.stack(torch._foreach_norm(grads))).all():
-            raise FloatingPointError(self._nonfinite_message("a gradient is not finite"))
+            raise FloatingPointError(self._nonfinite_message("a gradient is not finite", x))
         for optimizer in self.optimizers.values():
             optimizer.step()
         params = [p for o in self.optimizers.values() for g in o.param_groups for p in g["params"]]
         if not torch.isfinite(torch.stack(torch._foreach_norm(params))).all():
             # Finite but huge gradients times the learning rate overflowed; the last
             # checkpoint on disk predates this step.
-            raise FloatingPointError(self._nonfinite_message("an update overflowed the parameters"))
+            raise FloatingPointError(self._nonfinite_message("an update overflowed the parameters",
+                                                             x))
         if "encoder" in self.schedulers:
             self.schedulers["encoder"].step()
         with torch.no_grad():
@@ -235,12 +236,25 @@ class Trainer:
         self.step += 1
         return loss.item(), metrics.percent_nonzero(codes)
 
-    def _nonfinite_message(self, what: str) -> str:
+    def _nonfinite_message(self, what: str, x: torch.Tensor) -> str:
         """Which step, the likely cause, and that the checkpoint is intact."""
         c = self.config
+        shift = None
+        if self.variational:
+            with torch.no_grad():
+                shift = self.encoder(x)[self.prior.heads[0]].abs().max().item()
+        runaway = (self.variational and c.estimator != "subgradient"
+                   and getattr(self.prior, "base", None) == "laplace"
+                   and getattr(self.prior, "threshold", 0.0) > 0
+                   and c.shift_gradient == "straight")
         if self.variational and c.estimator == "subgradient":
             cause = ("the subgradient estimator is known to diverge or collapse (Table 2, "
                      "Appendix C); use estimator=\"straight\"")
+        elif runaway:
+            cause = (f"a shift ran away (max |mu| on this batch: {shift:.3g}): the straight-"
+                     "through gradient reaches the shift where a sample is zero and max-ELBO "
+                     "sampling hides the overshoot (README); set shift_gradient=\"exact\" or "
+                     "use smaller learning rates (lr_encoder, lr_dictionary)")
         else:
             cause = ("a learning rate too large for this schedule (lr_encoder, "
                      "lr_dictionary) or a diverging prior; rerun with a smaller one")
