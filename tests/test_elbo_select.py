@@ -14,7 +14,7 @@ from vsc_kernels.elbo_select import reference
 from _utils import DTYPE_TOLERANCES, KERNEL_BACKENDS, require_backend
 
 BACKENDS = ["reference", "cpp", "triton"]
-METHODS = ["max", "avg", "iwae"]
+METHODS = ["max", "avg", "iwae", "softmin"]
 KL_KINDS = [None, "row", "sample"]
 
 SHAPES = [  # (B, J, trailing shape of x)
@@ -95,7 +95,8 @@ def _compare(backend, device, x, x_hat, kl, atol, rtol, **kwargs):
 @pytest.mark.parametrize("recon", ["sum", "mean"])
 def test_reference_reads_like_the_paper(method, recon):
     """Loops over b and j in float64: E, L = c E + beta kl (eq. 6), and the row objective
-    (eq. 9 min, eq. 7 mean, or -log mean exp(-L)); weights are d l_b / d L."""
+    (eq. 9 min, eq. 7 mean, -log mean exp(-L), or sum softmax(-L) L); weights are
+    d l_b / d L."""
     x, x_hat, kl = _problem(4, 3, (2, 5), torch.float64, "cpu", "sample")
     beta, F = 0.7, 10
     c = 1.0 if recon == "sum" else 1.0 / F
@@ -110,8 +111,11 @@ def test_reference_reads_like_the_paper(method, recon):
             rows.append(min(L))
         elif method == "avg":
             rows.append(sum(L) / 3)
-        else:
+        elif method == "iwae":
             rows.append(-math.log(sum(math.exp(-v) for v in L) / 3))
+        else:   # the public code's softmin: sum_j w_j L_j with w = softmax(-L)
+            w = [math.exp(-v) / sum(math.exp(-u) for u in L) for v in L]
+            rows.append(sum(wj * v for wj, v in zip(w, L)))
     assert out.loss.item() == pytest.approx(sum(rows) / 4, rel=1e-12)
     per_sample = out.per_sample.clone().requires_grad_()
     from vsc_kernels import _elbo

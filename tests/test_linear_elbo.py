@@ -21,7 +21,7 @@ from _utils import require_backend
 
 BACKENDS = ["reference", "cpp", "triton"]
 KERNEL_BACKENDS = ["cpp", "triton"]
-METHODS = ["max", "avg", "iwae"]
+METHODS = ["max", "avg", "iwae", "softmin"]
 
 # (dtype, rtol): both the kernels and the oracle see the same input values; the kernels
 # compute in float32 and round once to the output dtype, so the error is float32
@@ -71,9 +71,13 @@ def _oracle(x, z, A, kl, beta, method, recon):
     elif method == "avg":
         rows = L.mean(dim=1)
         weights = torch.full_like(L, 1.0 / J)
-    else:
+    elif method == "iwae":
         rows = -torch.log(torch.exp(-L).mean(dim=1))
         weights = torch.softmax(-L, dim=1)
+    else:   # softmin, the public code's "iwae": sum_j w_j L_j, w = softmax(-L) not detached
+        rows = (torch.softmax(-L, dim=1) * L).sum(dim=1)
+        weights = (torch.autograd.grad(rows.sum(), L, retain_graph=True)[0]
+                   if rows.numel() else torch.zeros_like(L))
     loss = rows.mean() if rows.numel() else L.sum() * 0.0
     grads = torch.autograd.grad(loss, leaves + ([kl64] if kl64 is not None else []),
                                 allow_unused=True)
@@ -164,7 +168,7 @@ def test_single_sample_all_methods_agree(backend):
     device = _device(backend)
     x, z, A, kl = _problem(J=1, kl_kind="row")
     results = {m: _run(backend, device, x, z, A, kl, 0.5, m, "sum") for m in METHODS}
-    for method in ("avg", "iwae"):
+    for method in ("avg", "iwae", "softmin"):
         torch.testing.assert_close(results[method][0].loss, results["max"][0].loss,
                                    rtol=1e-6, atol=1e-6)
         for grad, ref in zip(results[method][1], results["max"][1]):

@@ -2,6 +2,8 @@
 is valid, overrides parse with TOML syntax, bad configs fail at start with a clear
 message."""
 
+import tomllib
+
 import pytest
 
 from vsc.cli import main, resolve_config_path, shipped_configs
@@ -42,6 +44,7 @@ def test_overrides_use_toml_syntax_and_win_over_quick():
     ("num_samples=0", "num_samples must be >= 1"),
     ('sampling="best"', "sampling=\"best\": expected one of 'max', 'avg', 'iwae'"),
     ("learning_rate=0.1", "unknown key"),
+    ('convention="code"', "convention=\"code\": expected one of 'public_code'"),
 ])
 def test_bad_configs_fail_with_a_clear_message(override, message):
     with pytest.raises(ValueError, match=message):
@@ -61,3 +64,38 @@ def test_missing_files_fail_clearly(tmp_path, capsys):
     broken.write_text("prior = \n")
     with pytest.raises(ValueError, match="not valid TOML"):
         load_config(broken)
+
+
+def test_shipped_configs_follow_the_public_code_and_the_quick_job_is_the_papers_method():
+    shipped = shipped_configs()
+    linear = [name for name, path in shipped.items()
+              if tomllib.loads(path.read_text()).get("generator", "linear") == "linear"]
+    assert "quick" in linear and "table1/fista" in linear
+    for name in linear:
+        assert load_config(shipped[name]).convention == "public_code", name
+    quick = load_config(shipped["quick"])
+    assert (quick.method, quick.prior, quick.num_samples, quick.sampling) == (
+        "variational", "thresholded_laplacian", 20, "max")
+    assert quick.sampler_estimator == "straight_shift" and quick.elbo_method == "max"
+    rows = {(c.estimator, c.num_samples) for c in
+            (load_config(shipped[f"table2/thresholded_laplacian_{e}_J{J}"])
+             for e in ("ST", "SG") for J in (1, 20))}
+    assert rows == {("straight", 1), ("straight", 20), ("subgradient", 1), ("subgradient", 20)}
+    fig18 = [load_config(shipped[f"figure18/thresholded_laplacian_J100_{s}"])
+             for s in ("max", "avg", "iwae")]
+    assert [c.elbo_method for c in fig18] == ["max", "avg", "softmin"]
+    assert {c.num_samples for c in fig18} == {100}
+
+
+def test_the_convention_resolves_estimator_sampling_and_objective():
+    public = Config(prior="thresholded_gaussian", sampling="iwae")
+    paper = Config(prior="thresholded_gaussian", sampling="iwae", convention="paper_equations")
+    assert (public.sampler_estimator, public.elbo_method, public.objective_weight) == (
+        "straight_shift", "softmin", 0.5)
+    assert (paper.sampler_estimator, paper.elbo_method, paper.objective_weight) == (
+        "straight", "iwae", 1.0)
+    assert Config(prior="laplacian").sampler_estimator == "straight"   # no threshold to shift
+    assert Config(estimator="subgradient").sampler_estimator == "subgradient"
+    assert (public.fista_tolerance, paper.fista_tolerance) == (1e-3, 1e-4)
+    with pytest.raises(ValueError, match="convention='folklore': expected one of 'public_code'"):
+        Config(convention="folklore")

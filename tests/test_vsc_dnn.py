@@ -208,6 +208,7 @@ PRIORS = [
     dict(prior="thresholded_laplacian", learn_threshold=True),
     dict(prior="thresholded_laplacian", sampling="avg"),
     dict(prior="thresholded_gaussian", sampling="iwae", estimator="straight_shift"),
+    dict(prior="thresholded_laplacian", sampling="softmin", estimator="straight_shift"),
 ]
 
 
@@ -373,6 +374,40 @@ def test_non_finite_loss_stops_with_a_clear_error(tmp_path):
     x = torch.stack([trainer.train_set[i][0] for i in range(32)])
     with pytest.raises(FloatingPointError, match="loss is nan at step 0"):
         trainer.train_step(x)
+
+
+def test_non_finite_gradient_stops_before_the_update(tmp_path):
+    trainer = DnnTrainer(small_config(), tmp_path, progress=False)
+    x = torch.stack([trainer.train_set[i][0] for i in range(32)])
+    weight = next(trainer.model.decoder.parameters())
+    weight.register_hook(lambda grad: grad * float("nan"))   # the loss stays finite
+    before = [p.detach().clone() for p in trainer.model.parameters()]
+    with pytest.raises(FloatingPointError, match="gradient norm is nan at step 0"):
+        trainer.train_step(x)
+    assert all(torch.equal(a, p) for a, p in zip(before, trainer.model.parameters()))
+    assert trainer.step == 0
+
+
+def test_a_diverged_run_writes_diverged_json_and_exits_3(tmp_path, monkeypatch, capsys):
+    """As the linear trainer: one line naming the step, diverged.json, exit status 3."""
+    step = DnnTrainer.train_step
+
+    def poisoned(self, x, flags=()):
+        if self.step == 2:
+            with torch.no_grad():
+                self.model.encoder.heads["mu"].bias.fill_(float("nan"))
+        return step(self, x, flags)
+
+    monkeypatch.setattr(DnnTrainer, "train_step", poisoned)
+    out = tmp_path / "run"
+    overrides = [f"{key}={json.dumps(value)}" for key, value in SMALL.items()
+                 if key not in ("generator",)]
+    assert main(["train", "dnn/quick", *overrides, "--out", str(out), "--no-progress"]) == 3
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"vsc train: diverged: loss is nan at step 2; the last checkpoint in {out} "
+                   "is intact"]
+    diverged = json.loads((out / "diverged.json").read_text())
+    assert diverged["step"] == 2 and "loss is nan" in diverged["message"]
 
 
 def test_sweep_prints_the_figure7_grid(capsys):

@@ -4,7 +4,8 @@
   vsc keys [CONFIG]              the override keys: type, default, help
   vsc configs                    the shipped configs
   vsc eval RUN_DIR               recompute a run's summary.json
-  vsc table RUN_DIR [RUN_DIR ...]
+  vsc table [--table2] RUN_DIR [RUN_DIR ...]
+  vsc dictionaries RUN_DIR [RUN_DIR ...] --out FIGURE.png
   vsc sweep CONFIG [CONFIG ...] [key=value ...] --latent-dims 64,512 --pct 5,10 [--run]
   vsc figure7 RUN_DIR [RUN_DIR ...] [--out figure7.png]
 
@@ -94,7 +95,7 @@ def _train_dnn(args, config, out: Path) -> int:
                             stop_after_steps=args.stop_after_steps)
     except runs.Interrupted as stop:
         if main_rank:
-            print(f"vsc train: {stop}\nresume with: {_resume_command(out)}",
+            print(f"vsc train: {stop}\\nresume with: {_resume_command(out)}",
                   file=sys.stderr, flush=True)
         return stop.exit_code
     if main_rank:
@@ -136,7 +137,7 @@ def _sweep(args) -> int:
                              parse_list(args.latent_dims, int), parse_list(args.pct),
                              parse_list(args.seeds, int), args.out_root, args.nproc)
     if not args.run:
-        print("\n".join(run["command"] for run in planned))
+        print("\\n".join(run["command"] for run in planned))
         return 0
     return 1 if run_sweep(planned, args.nproc) else 0
 
@@ -164,6 +165,16 @@ def _eval_dnn(config, run: Path) -> int:
         finally:
             trainer.close()
     print(json.dumps(summary, indent=2))
+    return 0
+
+
+def _table(args) -> int:
+    print(table2(args.run_dirs) if args.table2 else table(args.run_dirs))
+    return 0
+
+
+def _dictionaries(args) -> int:
+    print(dictionaries(args.run_dirs, args.out))
     return 0
 
 
@@ -210,6 +221,8 @@ def _keys(args) -> int:
 
 TABLE_COLUMNS = [("val_loss", "Validation loss"), ("multi_information", "Multi-information"),
                  ("iwae_loss", "IWAE loss"), ("pct_nonzero", "% non-zero")]
+TABLE2_COLUMNS = [("posterior_collapse_pct", "% Posterior collapse"),
+                  ("feature_collapse_pct", "% Feature collapse")]
 
 
 def _row_label(summary: dict) -> str:
@@ -236,21 +249,41 @@ def _mean_std(values: list[float]) -> str:
     return f"{mean:.3g} ± {std:.2g}"
 
 
+def _read_run(run: str, allow_diverged: bool = False) -> dict:
+    """A run's summary.json; with ``allow_diverged`` a diverged run's diverged.json (its
+    metrics are NaN)."""
+    from .train import DIVERGED
+
+    path = Path(run) / "summary.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    if allow_diverged and (Path(run) / DIVERGED).exists():
+        return {**json.loads((Path(run) / DIVERGED).read_text()), "diverged": True}
+    raise FileNotFoundError(f"{path} does not exist (train or `vsc eval` the run first)")
+
+
+def _format_table(header: list[str], rows: list[list[str]]) -> str:
+    rows = [header] + rows
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip() for r in rows)
+
+
 def table(run_dirs: list[str]) -> str:
     """Table-1-style text: one row per method, columns per metric and J, mean ± std
-    over the runs (seeds) that share them."""
+    over the runs (seeds) that share them. Validation losses are objective (10) in each
+    run's convention (``0.5 ||x - Az||^2 + 20 ||z||_1`` under "public_code", the
+    paper's Table 1 scale), noted under the table."""
     groups: dict[tuple[str, int], list[dict]] = defaultdict(list)
+    weights = set()
     for run in run_dirs:
-        path = Path(run) / "summary.json"
-        if not path.exists():
-            raise FileNotFoundError(f"{path} does not exist (train or `vsc eval` the run first)")
-        summary = json.loads(path.read_text())
+        summary = _read_run(run)
         J = 1 if summary["method"] == "fista" else summary["num_samples"]
         groups[(_row_label(summary), J)].append(summary)
+        weights.add(summary.get("objective_weight", 1.0))
     labels = list(dict.fromkeys(label for label, _ in groups))
     budgets = sorted({J for _, J in groups})
     header = ["Method/Prior"] + [f"{title} J={J}" for _, title in TABLE_COLUMNS for J in budgets]
-    rows = [header]
+    rows = []
     for label in labels:
         row = [label]
         for key, _ in TABLE_COLUMNS:
@@ -259,8 +292,66 @@ def table(run_dirs: list[str]) -> str:
                 row.append(_mean_std([r.get(key) for r in runs]) + (f" (n={len(runs)})"
                                                                       if len(runs) > 1 else ""))
         rows.append(row)
-    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
-    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip() for r in rows)
+    scale = " / ".join("0.5 ||x - Az||^2" if w == 0.5 else "||x - Az||^2" for w in sorted(weights))
+    return (_format_table(header, rows) + f"\nValidation loss: {scale} + 20 ||z||_1 per patch "
+            "(objective 10; the paper's Table 1 uses 0.5 ||x - Az||^2).")
+
+
+def table2(run_dirs: list[str]) -> str:
+    """Table-2-style text: posterior collapse (eq. 15) and feature collapse (eq. 16) per
+    estimator and J, mean ± std over seeds; a run that diverged counts as NaN."""
+    groups: dict[tuple[str, int], list[dict]] = defaultdict(list)
+    for run in run_dirs:
+        summary = _read_run(run, allow_diverged=True)
+        if summary.get("method") == "fista":
+            raise ValueError(f"{run}: Table 2 compares variational estimators, not FISTA")
+        estimator = {"subgradient": "SG"}.get(summary.get("estimator"), "ST")
+        label = _row_label({**summary, "estimator": None}) + f" ({estimator})"
+        groups[(label, summary["num_samples"])].append(summary)
+    labels = list(dict.fromkeys(label for label, _ in groups))
+    budgets = sorted({J for _, J in groups})
+    header = ["Method/Prior"] + [f"{title} J={J}" for _, title in TABLE2_COLUMNS for J in budgets]
+    rows = []
+    for label in labels:
+        row = [label]
+        for key, _ in TABLE2_COLUMNS:
+            for J in budgets:
+                runs = groups.get((label, J), [])
+                finished = [r.get(key) for r in runs if not r.get("diverged")]
+                nan = len(runs) - len(finished)
+                cell = _mean_std(finished) if finished else ("NaN" if runs else "-")
+                if finished and nan:
+                    cell += f", NaN in {nan}"
+                row.append(cell + (f" (n={len(runs)})" if len(runs) > 1 else ""))
+        rows.append(row)
+    return _format_table(header, rows) + (
+        "\nNaN: the run stopped on a non-finite loss or gradient (its diverged.json). "
+        "SG: the exact subgradient of eq. (2); ST: straight-through (eq. 4, or the public "
+        "code's variant under convention=\"public_code\").")
+
+
+def dictionaries(run_dirs: list[str], out: str) -> Path:
+    """One figure with each run's dictionary (Figure 3 / 18), titled by its method."""
+    import torch
+
+    from . import plots
+    from .train import CHECKPOINT
+
+    panels = []
+    for run in run_dirs:
+        path = Path(run) / CHECKPOINT
+        if not path.exists():
+            raise FileNotFoundError(f"{path} does not exist (train the run first)")
+        state = torch.load(path, map_location="cpu", weights_only=False)
+        summary = json.loads((Path(run) / "summary.json").read_text()) \
+            if (Path(run) / "summary.json").exists() else {}
+        label = _row_label(summary) if summary else Path(run).name
+        if summary.get("method") != "fista" and summary:
+            label += f", {summary['sampling']} J={summary['num_samples']}"
+        if summary:
+            label += f"\nval. loss {summary['val_loss']:.4g}, {summary['pct_nonzero']:.1f}% non-zero"
+        panels.append((label, state["generator"]["A"]))
+    return plots.plot_dictionaries(panels, out)
 
 
 TRAIN_HELP = """Train one run into --out (default runs/NAME_seedSEED).
@@ -302,6 +393,10 @@ def build_parser() -> argparse.ArgumentParser:
                        "their types, defaults (or CONFIG's values) and meaning.")
     p.add_argument("config", nargs="?", metavar="CONFIG", help="show this config's values")
     p.set_defaults(func=_keys)
+    p = sub.add_parser("dictionaries", help="the runs' dictionaries side by side (Figure 18)")
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    p.add_argument("--out", required=True, help="the PNG to write")
+    p.set_defaults(func=_dictionaries)
     p = sub.add_parser("configs", help="list the shipped configs")
     p.set_defaults(func=lambda a: print("\n".join(shipped_configs())) or 0)
     p = sub.add_parser("eval", help="re-evaluate a run directory (rewrites summary.json)")
@@ -310,7 +405,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_eval)
     p = sub.add_parser("table", help="Table-1-style summary of run directories")
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
-    p.set_defaults(func=lambda a: print(table(a.run_dirs)) or 0)
+    p.add_argument("--table2", action="store_true",
+                   help="posterior and feature collapse per estimator (Table 2)")
+    p.set_defaults(func=_table)
     p = sub.add_parser("sweep", help="Figure 7 grid of DNN runs: print the commands or --run",
                        description="One `vsc train` run per config, latent dimension, % "
                        "non-zero and seed (the dense priors once per dimension and seed). "
@@ -364,9 +461,9 @@ def _run(args, argv: list[str], prefix: str) -> int:
         print(f"{prefix}: {stopped}\nresume with: {runs.resume_command(argv, args.out_dir)}",
               file=sys.stderr)
         return stopped.exit_code
-    except FloatingPointError as error:  # a diverged run: its checkpoint is intact
-        print(f"{prefix}: {error}", file=sys.stderr)
-        return 1
+    except FloatingPointError as error:  # a diverged run: diverged.json says where; its
+        print(f"{prefix}: diverged: {error}", file=sys.stderr)  # checkpoint is intact
+        return 3
     except user_errors as error:
         lines = error.lines if isinstance(error, ConfigError) else [str(error)]
         for line in lines:

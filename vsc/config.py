@@ -16,11 +16,12 @@ from pathlib import Path
 
 import torch
 
+from .conventions import CONVENTIONS
 from .overrides import ConfigError, check_instance, check_values, choice, split_overrides
 from .priors import PRIORS
 
 METHODS = ("fista", "variational")
-SAMPLING = ("max", "avg", "iwae")
+SAMPLING = ("max", "avg", "iwae", "softmin")
 ESTIMATORS = ("straight", "subgradient", "straight_shift")
 
 
@@ -28,11 +29,16 @@ ESTIMATORS = ("straight", "subgradient", "straight_shift")
 class Config:
     # what is trained
     method: str = choice("variational", METHODS, "FISTA's MAP codes or an inference network")
+    convention: str = choice("public_code", CONVENTIONS, "whose conventions the run follows: "
+                             "the paper's public code or its equations (vsc/conventions.py)")
     prior: str = choice("thresholded_laplacian", PRIORS, "the latent prior (section 4.1)")
     estimator: str = choice("straight", ESTIMATORS, "gradient through the threshold: eq. (4), "
                             "the a.e. subgradient, or eq. (4) with the shift's gradient")
+    shift_gradient: str = choice("straight", ("straight", "exact"), "'exact': no straight-"
+                                 "through gradient to the shift where a sample is zero "
+                                 "(vsc/priors/thresholded.py)")
     sampling: str = choice("max", SAMPLING, "selection over J: max ELBO (eq. 9), mean (eq. 7), "
-                           "IWAE")
+                           "IWAE bound, or the public code's softmin-weighted sum")
     num_samples: int = 20                # J
     threshold: float | None = None       # lam0; None: the prior's Appendix D value
     learn_threshold: bool = False        # Gamma posterior on lam
@@ -41,9 +47,10 @@ class Config:
     prior_scale: float = 0.1             # b0 (Laplace) or sigma0^2 (Gaussian, spike-and-slab slab)
     spike_prior: float = 0.1             # spike-and-slab: prior probability of a non-zero
     beta: float = 1e-2                   # KL weight beta1
-    warmup_start: float | None = None    # scale warm-up w (Appendix B; spike-and-slab: KL warm-up);
-    warmup_step: float = 2e-4            #   None: 0.1 (0.0 for spike-and-slab), + warmup_step per iteration
-    warmup_delay: int = 1500             # spike-and-slab: iterations before its KL warm-up starts
+    warmup_start: float | None = None    # scale warm-up w (Appendix B; spike-and-slab: KL or slab warm-up);
+    warmup_step: float = 2e-4            #   None: 0.1 (0.0 for the paper's spike-and-slab), + warmup_step
+    warmup_delay: int = 1500             #   per iteration after warmup_delay iterations (spike-and-slab;
+                                         #   public_code: the Laplace base too)
     tau_decay: float = 0.9995            # spike-and-slab: Gumbel-softmax temperature, per iteration
     kappa: float | None = None           # Frobenius weight; None: 1e-3 (FISTA) / 1e-4
     recon: str = choice("mean", ("sum", "mean"), "squared error summed or averaged over pixels")
@@ -52,7 +59,7 @@ class Config:
     fista_warmup_start: float = 0.1
     fista_warmup_step: float = 1e-4      # per iteration
     fista_max_iter: int = 500
-    fista_tol: float = 1e-4
+    fista_tol: float | None = None       # None: 1e-3 (public_code) or 1e-4 (paper_equations)
     # data
     data: str = "embedded"               # "embedded", a path to IMAGES.mat, or an image folder
     n_train: int = 80000
@@ -107,6 +114,44 @@ class Config:
             torch.device(self.device)
         except RuntimeError:
             bad(f"device={self.device!r}: expected a torch device such as 'cpu' or 'cuda:0'")
+        if self.fista_tol is not None and self.fista_tol < 0:
+            bad(f"fista_tol must be >= 0, got {self.fista_tol}")
+        if self.warmup_delay < 0:
+            bad(f"warmup_delay must be >= 0, got {self.warmup_delay}")
+
+    # -- what the convention resolves (vsc/conventions.py) ---------------------------------
+    @property
+    def public_code(self) -> bool:
+        return self.convention == "public_code"
+
+    @property
+    def elbo_method(self) -> str:
+        """The ``linear_elbo`` method: ``sampling``, except that the public code's
+        "iwae" is the softmin-weighted sum."""
+        return "softmin" if self.sampling == "iwae" and self.public_code else self.sampling
+
+    @property
+    def sampler_estimator(self) -> str:
+        """The ``threshold_sample`` estimator: the public code's straight-through keeps
+        the gradient of the shift on active entries ("straight_shift"); without a
+        threshold (the Gaussian and Laplacian rows) it has no thresholding step, so the
+        plain reparameterization gradient ("straight") is the public code's."""
+        thresholded = getattr(PRIORS[self.prior], "default_threshold", None) is not None
+        if self.estimator == "straight" and self.public_code and thresholded:
+            return "straight_shift"
+        return self.estimator
+
+    @property
+    def objective_weight(self) -> float:
+        """``c`` in objective (10) ``c ||x - Az||^2 + lambda ||z||_1``: 0.5 in the public
+        code (the paper's Table 1 scale), 1 in the paper's equation."""
+        return 0.5 if self.public_code else 1.0
+
+    @property
+    def fista_tolerance(self) -> float:
+        if self.fista_tol is not None:
+            return self.fista_tol
+        return 1e-3 if self.public_code else 1e-4
 
     @property
     def frobenius_weight(self) -> float:
@@ -120,9 +165,16 @@ class Config:
             options["warmup_start"] = self.warmup_start
         if self.prior == "spike_slab":
             options.update(spike_prior=self.spike_prior, warmup_delay=self.warmup_delay,
-                           tau_decay=self.tau_decay)
+                           tau_decay=self.tau_decay, public_code=self.public_code)
             return options
-        options.update(estimator=self.estimator, learn_threshold=self.learn_threshold,
+        if self.public_code:
+            # The public code warms up the Laplace base only, after warmup_delay steps.
+            if PRIORS[self.prior].base == "laplace":
+                options["warmup_delay"] = self.warmup_delay
+            elif self.warmup_start is None:
+                options["warmup_start"] = 1.0
+        options.update(estimator=self.sampler_estimator, shift_gradient=self.shift_gradient,
+                       learn_threshold=self.learn_threshold,
                        gamma_alpha0=self.gamma_alpha0, gamma_kl_weight=self.gamma_kl_weight)
         if self.threshold is not None:
             options["threshold"] = self.threshold

@@ -22,9 +22,9 @@ import numpy as np
 
 from ._io import atomic_write
 
-__all__ = ["plot_dictionary", "plot_jaccard_histogram", "plot_metric_curves", "load_jsonl",
-           "plot_estimated_dictionary", "plot_point_biserial", "plot_reconstructions",
-           "plot_figure7", "FIGURE8_CELEBA_ATTRIBUTES"]
+__all__ = ["plot_dictionary", "plot_dictionaries", "plot_jaccard_histogram", "plot_metric_curves",
+           "load_jsonl", "plot_estimated_dictionary", "plot_point_biserial",
+           "plot_reconstructions", "plot_figure7", "FIGURE8_CELEBA_ATTRIBUTES"]
 
 
 def _new_figure(figsize):
@@ -63,6 +63,54 @@ def plot_dictionary(A, path, patch_shape: tuple[int, int] = (16, 16), sort_by_no
 
     Returns the order used: int array (d,) of atom indices, first shown first.
     """
+    mosaic, order, (ncols, nrows, ph, pw) = _dictionary_mosaic(A, patch_shape, sort_by_norm, ncols)
+    import matplotlib
+
+    cmap = matplotlib.colormaps["gray"].with_extremes(bad="white")
+    cell = 0.35 if max(ph, pw) >= 8 else 0.2
+    fig = _new_figure((max(2.0, ncols * cell), max(2.0, nrows * cell) + (0.4 if title else 0)))
+    ax = fig.add_axes((0, 0, 1, 0.93 if title else 1))
+    ax.imshow(np.ma.masked_invalid(mosaic), cmap=cmap, vmin=-1.0, vmax=1.0,
+              interpolation="nearest")
+    ax.set_axis_off()
+    if title:
+        fig.suptitle(title, fontsize=9)
+    _save_png(fig, path)
+    return order.astype(np.int64)
+
+
+def plot_dictionaries(panels: Sequence[tuple[str, object]], path,
+                      patch_shape: tuple[int, int] | None = None, ncols: int = 16) -> Path:
+    """Several dictionaries side by side (Figure 18), each as :func:`plot_dictionary`
+    draws it (atoms sorted by norm), titled by its label. ``panels``: ``(label, A)``
+    pairs; ``patch_shape`` defaults to square patches. Returns the path written."""
+    if not panels:
+        raise ValueError("panels: is empty")
+    import matplotlib
+
+    cmap = matplotlib.colormaps["gray"].with_extremes(bad="white")
+    mosaics = []
+    for label, A in panels:
+        a = _to_numpy(A)
+        side = int(round(math.sqrt(a.shape[0]))) if a.ndim == 2 else 0
+        shape = patch_shape or (side, side)
+        mosaics.append((str(label), _dictionary_mosaic(a, shape, True, ncols)[0]))
+    n = len(mosaics)
+    fig = _new_figure((4.2 * n, 4.9))
+    for i, (label, mosaic) in enumerate(mosaics):
+        ax = fig.add_subplot(1, n, i + 1)
+        ax.imshow(np.ma.masked_invalid(mosaic), cmap=cmap, vmin=-1.0, vmax=1.0,
+                  interpolation="nearest")
+        ax.set_title(label, fontsize=8)
+        ax.set_axis_off()
+    fig.suptitle("Dictionaries, atoms sorted by norm (each scaled to its own max |value|)",
+                 fontsize=9)
+    fig.tight_layout()
+    return _save_png(fig, path)
+
+
+def _dictionary_mosaic(A, patch_shape, sort_by_norm, ncols):
+    """The atoms of ``A (D, d)`` tiled row by row: ``(mosaic, order, (ncols, nrows, ph, pw))``."""
     a = _to_numpy(A)
     if a.ndim != 2:
         raise ValueError(f"A: expected a 2-D (D, d) array, got shape {a.shape}")
@@ -92,20 +140,7 @@ def plot_dictionary(A, path, patch_shape: tuple[int, int] = (16, 16), sort_by_no
         r, c = divmod(slot, ncols)
         y, x = pad + r * (ph + pad), pad + c * (pw + pad)
         mosaic[y:y + ph, x:x + pw] = img
-
-    import matplotlib
-
-    cmap = matplotlib.colormaps["gray"].with_extremes(bad="white")
-    cell = 0.35 if max(ph, pw) >= 8 else 0.2
-    fig = _new_figure((max(2.0, ncols * cell), max(2.0, nrows * cell) + (0.4 if title else 0)))
-    ax = fig.add_axes((0, 0, 1, 0.93 if title else 1))
-    ax.imshow(np.ma.masked_invalid(mosaic), cmap=cmap, vmin=-1.0, vmax=1.0,
-              interpolation="nearest")
-    ax.set_axis_off()
-    if title:
-        fig.suptitle(title)
-    _save_png(fig, path)
-    return order.astype(np.int64)
+    return mosaic, order, (ncols, nrows, ph, pw)
 
 
 def plot_jaccard_histogram(values_by_label: Mapping[str, object], path, bins: int = 20,
@@ -156,13 +191,16 @@ def load_jsonl(path) -> list[dict]:
 
 
 def plot_metric_curves(records: Sequence[Mapping], keys: str | Iterable[str], path,
-                       x_key: str = "epoch", logy: bool = False) -> Path:
+                       x_key: str = "epoch", logy: bool = False, title: str | None = None,
+                       labels: Mapping[str, str] | None = None) -> Path:
     """Per-epoch curves (e.g. validation loss, % non-zero) from metrics records.
 
     ``records`` are the dicts of the metrics JSON lines (see :func:`load_jsonl`); one
     subplot per key, x from ``record[x_key]`` (the record's position when absent).
     Records without a key, or whose value is not a finite number, are skipped for that
-    key. A key present in no record raises ValueError. Returns the path written.
+    key. A key present in no record raises ValueError. ``labels`` maps a key to its
+    y-axis label (with units; default the key), ``title`` heads the figure. Returns
+    the path written.
     """
     if isinstance(keys, str):
         keys = [keys]
@@ -186,16 +224,19 @@ def plot_metric_curves(records: Sequence[Mapping], keys: str | Iterable[str], pa
             raise ValueError(f"keys: {key!r} has no numeric value in any record")
         series[key] = (xs, ys)
     n = len(keys)
-    fig = _new_figure((5.0, 2.4 * n))
+    labels = dict(labels or {})
+    fig = _new_figure((5.5, 2.4 * n + (0.4 if title else 0.0)))
     for i, key in enumerate(keys):
         ax = fig.add_subplot(n, 1, i + 1)
         xs, ys = series[key]
         ax.plot(xs, ys, marker="o" if len(ys) < 30 else None, markersize=3)
-        ax.set_ylabel(key)
+        ax.set_ylabel(labels.get(key, key), fontsize=8)
         if logy and all(y > 0 for y in ys):
             ax.set_yscale("log")
         ax.grid(alpha=0.3)
     fig.axes[-1].set_xlabel(x_key)
+    if title:
+        fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     return _save_png(fig, path)
 

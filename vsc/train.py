@@ -16,6 +16,7 @@ exactly where its last checkpoint left it), ``dictionary.png`` (Figure 3),
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import random
@@ -27,7 +28,7 @@ import torch
 
 import vsc_kernels
 
-from . import metrics, plots, runs
+from . import conventions, metrics, plots, runs
 from ._io import atomic_write
 from .config import Config
 from .data import load_patches
@@ -35,6 +36,7 @@ from .models import InferenceNetwork, LinearGenerator, patch_side
 from .priors import make_prior
 
 CHECKPOINT = runs.CHECKPOINT
+DIVERGED = "diverged.json"     # written by train() when a run meets a non-finite loss
 
 
 # --------------------------------------------------------------------------------------
@@ -87,6 +89,33 @@ def _scale_gradient(value: torch.Tensor, scale: float) -> torch.Tensor:
     return value if scale == 1.0 else _GradientScale.apply(value, scale)
 
 
+def elbo_loss(x: torch.Tensor, z: torch.Tensor, kl: torch.Tensor | None, A: torch.Tensor, *,
+              beta: float, method: str, recon: str):
+    """The ELBO term of eq. (11) over ``J`` samples ``z (B, J, d)``: ``(loss, result)``.
+
+    The encoder gets the gradient of ``linear_elbo(..., method)``. The dictionary ``A``
+    gets that of ``0.5 * mean_b sum_j w_bj ||x_b - A z_bj||^2`` (summed over pixels)
+    whatever ``recon`` the encoder's loss uses: the paper's public code trains the
+    encoder on the per-pixel mean squared error but steps the dictionary (lr 0.5) on the
+    summed residual (``_scale_gradient`` rescales the gradient that reaches ``A``). The
+    weights ``w`` are the selection's (one-hot for max, ``1/J`` for avg); under softmin
+    the public code steps the dictionary with ``w = softmax(-L)`` detached, the gradient
+    of the IWAE bound, so ``A`` then gets its gradient from a second ``"iwae"``
+    evaluation on detached codes.
+    """
+    scale = 0.5 * (x.shape[1] if recon == "mean" else 1.0)
+    A_scaled = _scale_gradient(A, scale)
+    if method != "softmin":
+        result = vsc_kernels.linear_elbo(x, z, A_scaled, kl, beta=beta, method=method,
+                                         recon=recon)
+        return result.loss, result
+    result = vsc_kernels.linear_elbo(x, z, A.detach(), kl, beta=beta, method=method, recon=recon)
+    for_A = vsc_kernels.linear_elbo(x, z.detach(), A_scaled,
+                                    None if kl is None else kl.detach(), beta=beta,
+                                    method="iwae", recon=recon).loss
+    return result.loss + (for_A - for_A.detach()), result
+
+
 class Trainer:
     """Builds the models from a :class:`Config`, trains, checkpoints, evaluates."""
 
@@ -126,9 +155,9 @@ class Trainer:
             self.optimizers["encoder"] = torch.optim.SGD(
                 self.encoder.parameters(), lr=config.lr_encoder, momentum=config.momentum,
                 nesterov=True)
-            self.schedulers["encoder"] = torch.optim.lr_scheduler.OneCycleLR(
-                self.optimizers["encoder"], max_lr=config.lr_encoder,
-                total_steps=config.epochs * self.steps_per_epoch)
+            self.schedulers["encoder"] = conventions.encoder_scheduler(
+                self.optimizers["encoder"], config.convention, config.lr_encoder,
+                config.epochs * self.steps_per_epoch)
         self.step = 0
         self.epoch = 0
         self.batch_in_epoch = 0
@@ -142,52 +171,123 @@ class Trainer:
         return warm * c.fista_lambda
 
     def infer_fista(self, x: torch.Tensor, lam: float) -> torch.Tensor:
-        """MAP codes for objective (10) ``||x - Az||^2 + lam ||z||_1``: FISTA solves
-        ``0.5 ||x - Az||^2 + (lam / 2) ||z||_1``, the same minimizer."""
+        """MAP codes for objective (10) ``c ||x - Az||^2 + lam ||z||_1`` (``c`` = 0.5 in
+        the public code, 1 in the paper's equation): FISTA solves
+        ``0.5 ||x - Az||^2 + (0.5 lam / c) ||z||_1``, the same minimizer, from ``A^T x``
+        as the public code's FISTA does (from 0 under "paper_equations")."""
         c = self.config
-        return vsc_kernels.fista(x, self.generator.A.detach(), lam / 2, max_iter=c.fista_max_iter,
-                                 tol=c.fista_tol).codes
+        A = self.generator.A.detach()
+        init = x @ A if c.public_code else None
+        return vsc_kernels.fista(x, A, lam * 0.5 / c.objective_weight, max_iter=c.fista_max_iter,
+                                 tol=c.fista_tolerance, init=init).codes
+
+    def objective(self, x: torch.Tensor, codes: torch.Tensor, lam: float | None = None) -> float:
+        """Objective (10) per input, ``c ||x - Az||^2 + lam ||z||_1`` with ``lam =
+        val_lambda`` and the convention's ``c`` (0.5: the paper's Table 1 scale)."""
+        c = self.config
+        lam = c.val_lambda if lam is None else lam
+        return c.objective_weight * metrics.sparse_coding_objective(
+            x, self.generator.A.detach(), codes, lam / c.objective_weight)
 
     def loss(self, x: torch.Tensor, step: int, num_samples: int | None = None):
-        """Training objective (eq. 11) and the sampled codes.
-
-        The dictionary's gradient is that of ``0.5 * mean_b ||x_b - A z_b||^2`` (summed
-        over pixels) plus the Frobenius term, whatever ``recon`` the encoder's loss uses:
-        the paper's public code trains the encoder on the per-pixel mean squared error
-        but steps the dictionary (lr 0.5) on the summed residual. ``_scale_gradient``
-        rescales the reconstruction gradient that reaches ``A`` accordingly.
-        """
+        """Training objective (eq. 11; :func:`elbo_loss` plus the Frobenius term), the
+        sampled codes ``(B, J, d)`` and the ``ElboResult`` (the selection over them)."""
         c = self.config
-        scale = 0.5 * (self.data_dim if c.recon == "mean" else 1.0)
-        A = _scale_gradient(self.generator.A, scale)
         if self.variational:
-            params = self.encoder(x)
-            sample = self.prior.sample(params, num_samples or c.num_samples, step)
-            result = vsc_kernels.linear_elbo(x, sample.z, A, sample.kl, beta=c.beta,
-                                             method=c.sampling, recon=c.recon)
-            codes = sample.z
+            sample = self.prior.sample(self.encoder(x), num_samples or c.num_samples, step)
+            codes, kl, method = sample.z, sample.kl, c.elbo_method
         else:
             codes = self.infer_fista(x, self.fista_lambda(step))[:, None, :]
-            result = vsc_kernels.linear_elbo(x, codes, A, recon=c.recon)
-        loss = result.loss + c.frobenius_weight * self.generator.frobenius_penalty()
-        return loss, codes
+            kl, method = None, "max"
+        elbo, result = elbo_loss(x, codes, kl, self.generator.A, beta=c.beta, method=method,
+                                 recon=c.recon)
+        loss = elbo + c.frobenius_weight * self.generator.frobenius_penalty()
+        return loss, codes, result
 
     def train_step(self, x: torch.Tensor) -> tuple[float, float]:
         for optimizer in self.optimizers.values():
             optimizer.zero_grad(set_to_none=True)
-        loss, codes = self.loss(x, self.step)
+        loss, codes, result = self.loss(x, self.step)
         if not torch.isfinite(loss):
-            hint = (" (the subgradient estimator is known to diverge: Table 2)"
-                    if self.config.estimator == "subgradient" else "")
-            raise FloatingPointError(f"loss is {loss.item()} at step {self.step}{hint}; the "
-                                     f"last checkpoint in {self.out_dir} is intact")
+            raise FloatingPointError(self._nonfinite_message(f"the loss is {loss.item()}", x))
         loss.backward()
+        # A non-finite gradient would poison the parameters (and the next checkpoint):
+        # stop before any optimizer applies it.
+        grads = [p.grad for o in self.optimizers.values() for g in o.param_groups
+                 for p in g["params"] if p.grad is not None]
+        if grads and not torch.isfinite(torch.stack(torch._foreach_norm(grads))).all():
+            raise FloatingPointError(self._nonfinite_message("a gradient is not finite", x))
         for optimizer in self.optimizers.values():
             optimizer.step()
+        params = [p for o in self.optimizers.values() for g in o.param_groups for p in g["params"]]
+        if not torch.isfinite(torch.stack(torch._foreach_norm(params))).all():
+            # Finite but huge gradients times the learning rate overflowed; the last
+            # checkpoint on disk predates this step.
+            raise FloatingPointError(self._nonfinite_message("an update overflowed the parameters",
+                                                             x))
         if "encoder" in self.schedulers:
             self.schedulers["encoder"].step()
+        with torch.no_grad():
+            # Objective (10) at the fixed lambda on the selected training codes, with the
+            # updated dictionary (the public code's "train loss"): unlike the ELBO it
+            # does not move with the warm-ups.
+            objective = self.objective(x, self.select_codes(codes.detach(), result))
+        self.accumulator["objective"] = self.accumulator.get("objective", 0.0) + objective
         self.step += 1
         return loss.item(), metrics.percent_nonzero(codes)
+
+    def _nonfinite_message(self, what: str, x: torch.Tensor) -> str:
+        """Which step, the likely cause, and that the checkpoint is intact."""
+        c = self.config
+        shift = None
+        if self.variational:
+            with torch.no_grad():
+                shift = self.encoder(x)[self.prior.heads[0]].abs().max().item()
+        runaway = (self.variational and c.estimator != "subgradient"
+                   and getattr(self.prior, "base", None) == "laplace"
+                   and getattr(self.prior, "threshold", 0.0) > 0
+                   and c.shift_gradient == "straight")
+        if self.variational and c.estimator == "subgradient":
+            cause = ("the subgradient estimator is known to diverge or collapse (Table 2, "
+                     "Appendix C); use estimator=\"straight\"")
+        elif runaway:
+            cause = (f"a shift ran away (max |mu| on this batch: {shift:.3g}): the straight-"
+                     "through gradient reaches the shift where a sample is zero and max-ELBO "
+                     "sampling hides the overshoot (README); set shift_gradient=\"exact\" or "
+                     "use smaller learning rates (lr_encoder, lr_dictionary)")
+        else:
+            cause = ("a learning rate too large for this schedule (lr_encoder, "
+                     "lr_dictionary) or a diverging prior; rerun with a smaller one")
+        return (f"{what} at step {self.step} (epoch {self.epoch + 1}); likely cause: {cause}. "
+                f"Training stopped; the last checkpoint in {self.out_dir} is intact")
+
+    def select_codes(self, codes: torch.Tensor, result) -> torch.Tensor:
+        """One code per input from its ``J`` samples ``(B, J, d)``, as the public code
+        picks it (``Categorical(weight).sample()``): the max-ELBO sample under ``max``
+        (``result.index``), a uniformly drawn one under ``avg``, one drawn from
+        ``softmax(-L)`` under ``iwae``/``softmin``."""
+        B, J = codes.shape[:2]
+        if J == 1:
+            return codes[:, 0]
+        method = self.config.elbo_method if self.variational else "max"
+        if method == "max":
+            index = result.index
+        elif method == "avg":
+            index = torch.randint(J, (B,), device=codes.device)
+        else:
+            probs = torch.softmax(-result.per_sample.float(), dim=1)
+            index = torch.multinomial(probs, 1).squeeze(1)
+        return codes[torch.arange(B, device=codes.device), index]
+
+    @contextlib.contextmanager
+    def evaluation_noise(self):
+        """Evaluation draws its noise from a generator seeded by (seed, step) and leaves
+        the training RNG untouched, so the last epoch's validation codes and the
+        summary's are the same draws."""
+        devices = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(self.config.seed * 1_000_003 + self.step)
+            yield
 
     # -- checkpoints -------------------------------------------------------------------
     def state(self) -> dict:
@@ -308,39 +408,80 @@ class Trainer:
 
     @torch.no_grad()
     def infer_codes(self, x: torch.Tensor, num_samples: int = 1) -> torch.Tensor:
-        """Codes each method infers: one posterior sample per input (``(N, d)``), or
-        ``(N, J, d)`` for ``num_samples > 1``; FISTA's MAP codes at the full lambda."""
+        """Codes each method infers, ``(N, d)``: FISTA's MAP codes at the full lambda;
+        for a variational method one posterior sample per input (``"paper_equations"``)
+        or, as the public code validates, the one :meth:`select_codes` picks from the
+        run's ``J`` samples (``"public_code"``). ``num_samples > 1`` returns that many
+        independent posterior samples ``(N, num_samples, d)`` (the Jaccard passes)."""
+        c = self.config
         if not self.variational:
-            return self.infer_fista(x, self.config.fista_lambda)
+            return self.infer_fista(x, c.fista_lambda)
+        select = num_samples == 1 and c.public_code and c.num_samples > 1
+        draws = c.num_samples if select else num_samples
         chunks = []
-        for part in torch.split(x, 4096):
-            z = self.prior.sample(self.encoder(part), num_samples, self.step).z
-            chunks.append(z[:, 0] if num_samples == 1 else z)
+        for part in torch.split(x, max(1, 2**22 // (draws * c.latent_dim))):
+            sample = self.prior.sample(self.encoder(part), draws, self.step)
+            if select:
+                result = vsc_kernels.linear_elbo(part, sample.z, self.generator.A.detach(),
+                                                 sample.kl, beta=c.beta,
+                                                 method=c.elbo_method, recon=c.recon)
+                chunks.append(self.select_codes(sample.z, result))
+            else:
+                chunks.append(sample.z[:, 0] if num_samples == 1 else sample.z)
         return torch.cat(chunks)
 
+    def warmup(self) -> float | None:
+        """The prior's warm-up at the current step (None for FISTA)."""
+        if not self.variational:
+            return None
+        return self.prior.warmup(self.step)
+
     def epoch_record(self, seconds: float) -> dict:
-        c = self.config
+        """One line of metrics.jsonl. ``train_loss`` is the ELBO objective the encoder
+        minimizes; it includes the warm-ups (the scale warm-up makes it rise while the
+        model improves), so ``train_objective`` reports objective (10) at the fixed
+        lambda on the selected training codes, and ``val_loss`` the same objective on
+        the whole validation set (the summary's ``val_loss`` at the last epoch)."""
         acc = self.accumulator
-        val = self.val_x[:c.eval_rows]
-        codes = self.infer_codes(val)
-        A = self.generator.A.detach()
-        return {
+        batches = max(acc["batches"], 1)
+        with torch.no_grad(), self.evaluation_noise():
+            codes = self.infer_codes(self.val_x)
+        record = {
             "epoch": self.epoch + 1, "step": self.step,
-            "train_loss": acc["loss"] / max(acc["batches"], 1),
-            "train_pct_nonzero": acc["nonzero"] / max(acc["batches"], 1),
-            "val_loss": metrics.sparse_coding_objective(val, A, codes, c.val_lambda),
+            "train_loss": acc["loss"] / batches,
+            "train_objective": acc.get("objective", float("nan")) / batches,
+            "train_pct_nonzero": acc["nonzero"] / batches,
+            "val_loss": self.objective(self.val_x, codes),
             "val_pct_nonzero": metrics.percent_nonzero(codes),
             "lr_dictionary": self.optimizers["dictionary"].param_groups[0]["lr"],
             "seconds": seconds,
         }
+        if self.variational:
+            record["warmup"] = self.warmup()
+        return record
 
     # -- final evaluation (section 4.1, Appendix C) --------------------------------------
     def finish(self) -> dict:
         summary = self.evaluate()
         write_json(self.out_dir / "summary.json", summary)
+        (self.out_dir / DIVERGED).unlink(missing_ok=True)   # a resumed run that got through
         return summary
 
+    def run_label(self) -> str:
+        """The method in words, for figure titles."""
+        c = self.config
+        if not self.variational:
+            return f"FISTA, lambda = {c.fista_lambda:g}"
+        prior = c.prior.replace("_", " ").title() + (" + Gamma" if c.learn_threshold else "")
+        return f"{prior}, {c.estimator}, {c.sampling} J = {c.num_samples}"
+
     def evaluate(self) -> dict:
+        """summary.json. Its ``val_loss`` is the last epoch's (the same evaluation noise,
+        seeded by the step); the costlier metrics use the first ``eval_rows`` inputs."""
+        with torch.no_grad(), self.evaluation_noise():
+            return self._evaluate()
+
+    def _evaluate(self) -> dict:
         c = self.config
         A = self.generator.A.detach()
         val = self.val_x
@@ -350,19 +491,28 @@ class Trainer:
         fista_codes = (codes if not self.variational and c.fista_lambda == c.val_lambda
                        else self.infer_fista(val, c.val_lambda))
         side = patch_side(self.data_dim)
-        plots.plot_dictionary(A.cpu(), self.out_dir / "dictionary.png", patch_shape=(side, side))
+        label = self.run_label()
+        plots.plot_dictionary(A.cpu(), self.out_dir / "dictionary.png", patch_shape=(side, side),
+                              title=f"{label}: {self.step} steps, atoms by norm")
         if self.history:
-            plots.plot_metric_curves(self.history, ["train_loss", "val_loss", "val_pct_nonzero"],
-                                     self.out_dir / "curves.png")
+            scale = "0.5 ||x - Az||^2" if c.public_code else "||x - Az||^2"
+            objective = f"{scale} + {c.val_lambda:g} ||z||_1 per patch"
+            plots.plot_metric_curves(
+                self.history, ["train_loss", "train_objective", "val_loss", "val_pct_nonzero"],
+                self.out_dir / "curves.png", title=label, labels={
+                    "train_loss": "training ELBO loss\n(with warm-ups)",
+                    "train_objective": f"train objective (10)\n{objective}",
+                    "val_loss": f"validation objective (10)\n{objective}",
+                    "val_pct_nonzero": "validation codes\n% non-zero"})
         summary = {
-            "name": c.name, "method": c.method,
+            "name": c.name, "method": c.method, "convention": c.convention,
             "prior": c.prior if self.variational else "fista",
             "sampling": c.sampling, "num_samples": c.num_samples, "seed": c.seed,
             "learn_threshold": c.learn_threshold, "estimator": c.estimator,
             "epochs": self.epoch, "steps": self.step,
-            "val_loss": metrics.sparse_coding_objective(val, A, codes, c.val_lambda),
-            "val_loss_fista_codes": metrics.sparse_coding_objective(val, A, fista_codes,
-                                                                    c.val_lambda),
+            "objective_weight": c.objective_weight,
+            "val_loss": self.objective(val, codes),
+            "val_loss_fista_codes": self.objective(val, fista_codes),
             "pct_nonzero": metrics.percent_nonzero(codes),
             "multi_information": metrics.multi_information(codes[:c.eval_rows]),
             "feature_collapse_pct": metrics.feature_collapse(codes[:c.eval_rows]),
@@ -377,9 +527,13 @@ class Trainer:
                 passes = self.infer_codes(subset, num_samples=c.jaccard_passes)
             jaccard = metrics.pairwise_jaccard(passes, metrics.active_atoms(A))
             summary["jaccard_mean"] = float(jaccard.mean())
-            plots.plot_jaccard_histogram({f"{c.prior} ({c.sampling}, J={c.num_samples})":
-                                          jaccard.cpu().numpy()}, self.out_dir / "jaccard.png")
-            summary.update(self.gradient_snr(subset[:c.batch_size]))
+            plots.plot_jaccard_histogram({label: jaccard.cpu().numpy()},
+                                         self.out_dir / "jaccard.png",
+                                         title="Support consistency (eq. 13) over "
+                                               f"{c.jaccard_passes} posterior samples")
+            summary["warmup"] = self.warmup()
+            with torch.enable_grad():
+                summary.update(self.gradient_snr(subset[:c.batch_size]))
         return summary
 
     @torch.no_grad()
@@ -411,6 +565,17 @@ class Trainer:
 
 def train(config: Config, out_dir: str | Path, *, resume: bool = False, progress: bool = True,
           checkpoint_minutes: float = 5.0) -> dict:
-    """Train one run into ``out_dir`` (see the module docstring) and return its summary."""
+    """Train one run into ``out_dir`` (see the module docstring) and return its summary.
+    A run that meets a non-finite loss or gradient writes ``diverged.json`` (the step and
+    the message; Table 2 reports such runs as NaN) and raises ``FloatingPointError``."""
     trainer = Trainer(config, out_dir, progress=progress, checkpoint_minutes=checkpoint_minutes)
-    return trainer.fit(resume=resume)
+    try:
+        return trainer.fit(resume=resume)
+    except FloatingPointError as error:
+        write_json(trainer.out_dir / DIVERGED, {
+            "name": config.name, "method": config.method, "prior": config.prior,
+            "estimator": config.estimator, "sampling": config.sampling,
+            "num_samples": config.num_samples, "seed": config.seed,
+            "learn_threshold": config.learn_threshold, "convention": config.convention,
+            "step": trainer.step, "epoch": trainer.epoch + 1, "message": str(error)})
+        raise

@@ -8,9 +8,10 @@ Ops (each a ``torch.library`` custom op with autograd, traceable by ``torch.comp
 * :func:`kl_divergence` -- per-element KL of the base distribution (Appendix B).
 * :func:`fista` -- batched FISTA (Beck & Teboulle 2009) for the lasso, per-row stopping.
 * :func:`linear_elbo` -- the linear generator's ELBO (eqs. 6, 12) selected over J samples
-  (max ELBO eq. 9, average eq. 7, IWAE), reconstructions never materialized.
+  (max ELBO eq. 9, average eq. 7, IWAE bound, the public code's softmin), reconstructions
+  never materialized.
 * :func:`elbo_select` -- per-sample ELBO of decoded samples (DNN generator) and the
-  max/avg/iwae selection over the J samples (section 3.3).
+  max/avg/iwae/softmin selection over the J samples (section 3.3).
 * :func:`sparse_decode` -- ``z @ A^T`` skipping the zeros of thresholded codes.
 
 Backends: ``reference`` (plain PyTorch), ``triton`` (CUDA), ``cpp`` (CPU, OpenMP);

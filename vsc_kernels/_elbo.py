@@ -15,9 +15,15 @@ over rows):
 * ``"max"``  -- eq. (9), max ELBO: ``l_b = min_j L[b, j]``; ties go to the lowest
   index; ``weights`` is the one-hot of the selected sample.
 * ``"avg"``  -- eq. (7): ``l_b = mean_j L[b, j]``; ``weights = 1 / J``.
-* ``"iwae"`` -- importance weighting as in the paper's public code:
-  ``l_b = -log mean_j exp(-L[b, j])`` (Burda et al. 2016), whose gradient is
-  ``softmax_j(-L[b, :])``, the ``weights``.
+* ``"iwae"`` -- the importance-weighted bound of Burda et al. (2016) with ``K = J``:
+  ``l_b = -log mean_j exp(-L[b, j])``, whose gradient is ``w = softmax_j(-L[b, :])``,
+  the ``weights``. This is *not* what the paper's public code calls "iwae".
+* ``"softmin"`` -- the paper's public code's ``sample_method="iwae"``
+  (``model/reparameterization.py``, ``compute_loss``): the softmin-weighted sum
+  ``l_b = sum_j w_j L[b, j]`` with ``w = softmax_j(-L[b, :])`` *not* detached, so
+  ``d l_b / d L[b, k] = w_k (1 - L[b, k] + l_b)``, the ``weights`` (they sum to 1 but
+  may be negative). Checked against that function run on the same inputs
+  (tests/test_public_code_conventions.py).
 
 In every case ``weights[b, j] = d l_b / d L[b, j]``, so the backward pass of both
 ops is ``grad L = grad_loss * weights / B``.
@@ -32,7 +38,7 @@ import torch
 
 from . import _checks
 
-METHODS = ("max", "avg", "iwae")
+METHODS = ("max", "avg", "iwae", "softmin")
 RECONS = ("sum", "mean")
 
 
@@ -97,9 +103,15 @@ def select_samples(per_sample: torch.Tensor, method: str):
     elif method == "avg":
         row_loss = per_sample.mean(dim=1)
         weights = torch.full_like(per_sample, 1.0 / num_samples)
-    else:
+    elif method == "iwae":
         row_loss = math.log(num_samples) - torch.logsumexp(-per_sample, dim=1)
         weights = torch.softmax(-per_sample, dim=1)
+    else:
+        # softmin: autograd through the softmax gives the reference's gradient; the
+        # weights are that gradient in closed form, w_k (1 - L_k + sum_j w_j L_j).
+        w = torch.softmax(-per_sample, dim=1)
+        row_loss = (w * per_sample).sum(dim=1)
+        weights = w * (1.0 - (per_sample - row_loss[:, None]))
     return row_loss, index, weights
 
 

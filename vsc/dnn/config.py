@@ -18,7 +18,7 @@ from ..overrides import ConfigError, check_instance, choice
 from ..priors import PRIORS
 from .objective import DECODES
 
-SAMPLING = ("max", "avg", "iwae")
+SAMPLING = ("max", "avg", "iwae", "softmin")
 ESTIMATORS = ("straight", "subgradient", "straight_shift")
 AMP = ("off", "bf16", "fp16")
 LR_SCHEDULES = ("cycle", "constant")
@@ -78,7 +78,8 @@ class DnnConfig:
     tau_min: float = 0.005               # public DNN configs' temp_min
     # objective
     num_samples: int = 20                # J (Appendix E: 20 Fashion-MNIST, 10 CelebA)
-    sampling: str = choice("max", SAMPLING, "max: eq. (9); avg: eq. (7); iwae")
+    sampling: str = choice("max", SAMPLING, "max: eq. (9); avg: eq. (7); iwae: the "
+                           "importance-weighted bound; softmin: the public code's 'iwae'")
     beta: float = 1e-2                   # KL weight (Appendix E: 1e-2 FMNIST, 1e-3 CelebA)
     decode: str = choice("all", DECODES, "all: the exact gradient; selected (max only): "
                          "faster, another gradient (vsc.dnn.objective)")

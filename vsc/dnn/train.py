@@ -38,7 +38,7 @@ from torch.utils.data.distributed import DistributedSampler
 
 from .. import metrics, plots, runs
 from ..priors import make_prior
-from ..train import _rng_state, _set_rng_state, write_json, write_jsonl
+from ..train import DIVERGED, _rng_state, _set_rng_state, write_json, write_jsonl
 from . import distributed
 from .config import DnnConfig
 from .models import architecture_for
@@ -202,11 +202,23 @@ class DnnTrainer:
             raise FloatingPointError(f"loss is {loss} at step {self.step}; the last checkpoint "
                                      f"in {self.out_dir} is intact")
         self.scaler.scale(out.loss).backward()
+        if not self.scaler.is_enabled():  # fp16's scaler skips non-finite steps itself
+            self._check_gradients()
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
         self.step += 1
         return {"loss": loss, "mse": mse, "nonzero": nonzero, "flags": total[3:]}
+
+    def _check_gradients(self) -> None:
+        """Stop before an update with a non-finite gradient (the parameters and the last
+        checkpoint stay good). The gradients are all-reduced, so every process agrees."""
+        grads = [p.grad for p in self.network.parameters() if p.grad is not None]
+        norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+        if not torch.isfinite(norm):
+            raise FloatingPointError(f"gradient norm is {norm.item()} at step {self.step} (the "
+                                     f"loss was finite); the last checkpoint in {self.out_dir} "
+                                     "is intact")
 
     # -- data --------------------------------------------------------------------------
     def epoch_batches(self, epoch: int) -> list[list[int]]:
@@ -493,6 +505,13 @@ def train(config: DnnConfig, out_dir: str | Path, *, resume: bool = False,
     try:
         trainer = DnnTrainer(config, out_dir, progress=progress, procs=procs)
         return trainer.fit(resume=resume, stop_after_steps=stop_after_steps)
+    except FloatingPointError as error:  # as the linear trainer: diverged.json, then raise
+        if trainer is not None and procs.is_main:
+            write_json(trainer.out_dir / DIVERGED, {
+                "name": config.name, "prior": config.prior, "sampling": config.sampling,
+                "num_samples": config.num_samples, "seed": config.seed,
+                "latent_dim": config.latent_dim, "step": trainer.step, "message": str(error)})
+        raise
     finally:
         if trainer is not None:
             trainer.close()

@@ -5,7 +5,9 @@ distribution (Appendix B) with a shifted soft-threshold (eq. 2) of ``lam0``, or
 with ``lam0 = 0`` the plain Laplacian (Barello et al. 2018) and Gaussian (the
 VAE) priors. The threshold may instead be learned per sample with a Gamma
 posterior (:mod:`vsc.priors.gamma`). The scale warm-up of Appendix B multiplies
-the inferred scale: ``w = min(1, 0.1 + 2e-4 * step)``.
+the inferred scale: ``w = min(1, 0.1 + 2e-4 * max(step - delay, 0))`` (``delay = 0`` in
+the paper's text; the public code holds 0.1 for 1,500 steps and does not warm up the
+Gaussian base, see :mod:`vsc.conventions`).
 
 Heads: ``mu`` and ``logb`` (``log b`` for Laplace, the log-variance for Gaussian),
 plus ``log_alpha`` and ``log_beta`` with a learned threshold.
@@ -22,6 +24,25 @@ from .base import (CodeSample, LogDensitySample, Prior, laplace_log_pdf, linear_
 from .gamma import GammaThreshold
 
 
+def exact_shift_gradient(z: torch.Tensor, mu: torch.Tensor) -> torch.Tensor:
+    """``z (B, J, d)`` unchanged, minus the straight-through gradient of the shift ``mu
+    (B, d)`` at the entries that are zero.
+
+    With the noise fixed, ``z = 1[|w b eps| > lam] (mu + w b eps - sign(eps) lam)``: whether
+    an entry is active does not depend on ``mu``, so ``dz/dmu = 1[z != 0]`` exactly; only
+    the scale (and the threshold) meet the non-differentiable boundary. The straight-
+    through estimator (eq. 4) also hands ``mu`` the reconstruction gradient at entries that
+    are zero, where ``mu`` changes nothing; under max-ELBO sampling a unit whose active
+    samples overshoot is never selected, so that is the only gradient its shift receives,
+    one-signed, and the Laplace KL's pull (at most ``beta / b0``) is all that opposes it:
+    the shift runs away and the run diverges (README, "The learned-threshold Laplacian").
+    The scale keeps the straight-through gradient everywhere, which is what lets an
+    unused unit turn on (Appendix C).
+    """
+    shift = mu[:, None, :] if z.dim() == mu.dim() + 1 else mu
+    return z - (shift - shift.detach()) * (z == 0).to(z.dtype)
+
+
 class ThresholdSamplePrior(Prior):
     """Base distribution ``base`` ("laplace" or "gaussian"), threshold ``threshold``
     (default ``default_threshold``), prior scale ``prior_scale`` (``b0`` for Laplace,
@@ -36,7 +57,8 @@ class ThresholdSamplePrior(Prior):
                  prior_scale: float = 0.1, estimator: str = "straight",
                  learn_threshold: bool = False, gamma_alpha0: float = 3.0,
                  gamma_kl_weight: float = 0.1, warmup_start: float = 0.1,
-                 warmup_step: float = 2e-4):
+                 warmup_step: float = 2e-4, warmup_delay: int = 0,
+                 shift_gradient: str = "straight"):
         super().__init__(latent_dim)
         if self.default_threshold is None:
             if (threshold or 0.0) != 0.0 or learn_threshold:
@@ -56,12 +78,16 @@ class ThresholdSamplePrior(Prior):
         self.estimator = estimator
         self.warmup_start = warmup_start
         self.warmup_step = warmup_step
+        self.warmup_delay = warmup_delay
+        if shift_gradient not in ("straight", "exact"):
+            raise ValueError(f"shift_gradient must be 'straight' or 'exact', got {shift_gradient!r}")
+        self.shift_gradient = shift_gradient
         self.gamma = (GammaThreshold(self.threshold, alpha0=gamma_alpha0,
                                      kl_weight=gamma_kl_weight) if learn_threshold else None)
         self.heads = ("mu", "logb") + (GammaThreshold.heads if self.gamma else ())
 
     def warmup(self, step: int) -> float:
-        return linear_warmup(step, self.warmup_start, self.warmup_step)
+        return linear_warmup(step, self.warmup_start, self.warmup_step, self.warmup_delay)
 
     def _threshold(self, params, num_samples):
         """(lam for threshold_sample, q(lam | x) or None)."""
@@ -76,6 +102,8 @@ class ThresholdSamplePrior(Prior):
             params["mu"], params["logb"], lam, num_samples=num_samples, base=self.base,
             estimator=self.estimator, warmup=self.warmup(step), return_kl=True,
             prior_scale=self.prior_scale)
+        if self.shift_gradient == "exact" and self.estimator != "subgradient":
+            z = exact_shift_gradient(z, params["mu"])
         if q_lam is not None:
             kl = kl + self.gamma.kl_weight * self.gamma.kl(q_lam)
         return CodeSample(z, kl)
@@ -121,4 +149,5 @@ class ThresholdSamplePrior(Prior):
     def describe(self):
         return {"prior": self.name, "base": self.base, "threshold": self.threshold,
                 "prior_scale": self.prior_scale, "estimator": self.estimator,
+                "shift_gradient": self.shift_gradient,
                 "learn_threshold": self.gamma is not None}

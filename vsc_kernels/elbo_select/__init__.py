@@ -4,10 +4,10 @@ With a DNN generator (Fallah & Rozell 2022, section 3.3, Algorithm 1) the decode
 network, so the samples ``x_hat (B, J, ...)`` come out of it; this op fuses what is
 left: the per-sample squared error ``E[b, j] = sum_f (x_hat[b, j, f] - x[b, f])^2`` in
 one read of ``x_hat``, the KL term, and the selection over the ``J`` samples (max ELBO,
-eq. 9; average, eq. 7; importance weighting) from :mod:`vsc_kernels._elbo`. The
-backward pass writes ``grad x_hat = 2 g (x_hat - x)`` recomputing ``x_hat - x`` from the
-saved inputs (nothing of size ``B J F`` is kept), and under ``method="max"`` reads
-only the selected sample of each row.
+eq. 9; average, eq. 7; the IWAE bound; the public code's softmin) from
+:mod:`vsc_kernels._elbo`. The backward pass writes ``grad x_hat = 2 g (x_hat - x)``
+recomputing ``x_hat - x`` from the saved inputs (nothing of size ``B J F`` is kept),
+and under ``method="max"`` reads only the selected sample of each row.
 
 Layers (as in Liger-Kernel): ``reference.py`` (plain PyTorch, the oracle and the
 backend contract), ``triton_kernels.py`` (CUDA), ``cpp_backend.py`` -> ``csrc/`` (CPU),
@@ -143,8 +143,10 @@ def elbo_select(x: torch.Tensor, x_hat: torch.Tensor, kl: torch.Tensor | None = 
             ``(B, J, F)`` (copied only if no such view exists) and read in place.
         kl: ``None``, ``(B,)`` (one KL per row, shared by its samples) or ``(B, J)``.
         beta: weight of the KL term, ``>= 0``.
-        method: ``"max"`` (eq. 9: the sample with the lowest loss), ``"avg"`` (eq. 7)
-            or ``"iwae"`` (``-log mean_j exp(-L[b, j])``).
+        method: ``"max"`` (eq. 9: the sample with the lowest loss), ``"avg"`` (eq. 7),
+            ``"iwae"`` (Burda et al.'s bound ``-log mean_j exp(-L[b, j])``) or
+            ``"softmin"`` (the paper's public code's "iwae": ``sum_j w_j L[b, j]``,
+            ``w = softmax_j(-L[b, :])`` not detached).
         recon: ``"sum"`` (``c = 1``) or ``"mean"`` (``c = 1 / F``) in
             ``L[b, j] = c E[b, j] + beta kl[b, j]``.
         backend: ``"reference"``, ``"triton"``, ``"cpp"`` or ``"auto"``; default

@@ -2,9 +2,9 @@
 
 For data ``x (B, D)``, ``J`` codes per row ``z (B, J, d)`` and the dictionary
 ``A (D, d)``, the per-sample loss ``L[b, j] = ||x_b - A z_bj||^2 * c + beta * KL`` and
-its selection over ``j`` (max ELBO, eq. 9; average, eq. 7; IWAE) -- without building
-the ``(B, J, D)`` reconstructions: the kernels reduce ``||x_b - A z_bj||^2`` in the
-epilogue of the product ``z A^T``, and the backward recomputes residuals (only the
+its selection over ``j`` (max ELBO, eq. 9; average, eq. 7; IWAE; softmin) -- without
+building the ``(B, J, D)`` reconstructions: the kernels reduce ``||x_b - A z_bj||^2`` in
+the epilogue of the product ``z A^T``, and the backward recomputes residuals (only the
 selected ones for ``method="max"``).
 
 Layers: ``reference.py`` (plain PyTorch, the oracle and the backend contract),
@@ -123,8 +123,11 @@ def linear_elbo(x: torch.Tensor, z: torch.Tensor, A: torch.Tensor,
 
     ``L[b, j] = ||x_b - A z_bj||^2 * c + beta * kl`` with ``c = 1`` (``recon="sum"``,
     eq. 12) or ``1 / D`` (``"mean"``); ``method``: ``"max"`` (max ELBO sampling, eq. 9:
-    the sample with the lowest ``L``, lowest index on ties), ``"avg"`` (eq. 7) or
-    ``"iwae"``. The ``(B, J, D)`` reconstructions are never materialized.
+    the sample with the lowest ``L``, lowest index on ties), ``"avg"`` (eq. 7),
+    ``"iwae"`` (Burda et al.'s bound ``-log mean_j exp(-L)``) or ``"softmin"`` (the
+    paper's public code's "iwae": ``sum_j softmax(-L)_j L_j``, weights not detached);
+    see :mod:`vsc_kernels._elbo`. The ``(B, J, D)`` reconstructions are never
+    materialized.
 
     Args:
         x: data ``(B, D)``.
@@ -132,7 +135,7 @@ def linear_elbo(x: torch.Tensor, z: torch.Tensor, A: torch.Tensor,
         A: dictionary ``(D, d)``.
         kl: ``None``, ``(B,)`` (one KL per row, shared by its samples) or ``(B, J)``.
         beta: KL weight ``>= 0``.
-        method: ``"max"``, ``"avg"`` or ``"iwae"``.
+        method: ``"max"``, ``"avg"``, ``"iwae"`` or ``"softmin"``.
         recon: ``"sum"`` or ``"mean"`` over the ``D`` features.
         backend: ``"reference"``, ``"triton"``, ``"cpp"`` or ``"auto"``; default
             ``$VSC_KERNELS_BACKEND`` or by device.

@@ -7,7 +7,7 @@ eq. (12), ``log p_A(x | z) = -||x - A z||^2``. For ``J`` samples ``z_bj`` of eve
     L[b, j] = ||x_b - A z_bj||^2 * c + beta * KL[b, (j)]     (the negative of eq. (6))
 
 (``c = 1`` for ``recon="sum"``, ``1/D`` for ``"mean"``), and the rows are reduced by
-max ELBO sampling (eq. 9), the average ELBO (eq. 7) or IWAE; see
+max ELBO sampling (eq. 9), the average ELBO (eq. 7), the IWAE bound or softmin; see
 :mod:`vsc_kernels._elbo`.
 
 Backend contract (what the Triton and C++ backends implement; all of them share the
