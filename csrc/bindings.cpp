@@ -21,6 +21,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("grad_kl"), py::arg("mu"), py::arg("logb"), py::arg("lam"), py::arg("lam_value"),
         py::arg("seed"), py::arg("num_samples"), py::arg("base"), py::arg("estimator"),
         py::arg("warmup"), py::arg("prior_scale"), py::arg("lam_requires_grad"));
+  m.def("cpu_capability", &vsc::cpu_kernels_capability,
+        "instruction set of the vectorized kernels: avx512, avx2 or default");
   m.def("fista_solve", &vsc::fista_solve,
         "batched FISTA from the Gram matrix: (codes, n_iter, converged)", py::arg("gram"),
         py::arg("c"), py::arg("lam"), py::arg("z0"), py::arg("lipschitz"), py::arg("max_iter"),
