@@ -62,6 +62,52 @@ def time_call(fn, device: torch.device, *, warmup: int = 3, repeats: int = 20,
     return statistics.median(samples)
 
 
+def time_interleaved(calls: dict, device: torch.device, *, rounds: int = 15,
+                     round_seconds: float = 0.02, warmup: int = 2) -> dict[str, float]:
+    """Median seconds per call of each of ``calls`` (name -> zero-argument callable),
+    measured in interleaved rounds: every round times each call in turn (a batch of
+    calls sized to about ``round_seconds``), so that a change of load on a shared machine
+    hits every provider alike. CUDA: events around each batch."""
+    for fn in calls.values():
+        for _ in range(warmup):
+            fn()
+    synchronize(device)
+    batch = {}
+    for name, fn in calls.items():  # calibrate the batch size from one timed call
+        t0 = time.perf_counter()
+        fn()
+        synchronize(device)
+        once = max(time.perf_counter() - t0, 1e-7)
+        batch[name] = max(1, min(10_000, int(round_seconds / once)))
+    samples = {name: [] for name in calls}
+    for _ in range(rounds):
+        for name, fn in calls.items():
+            n = batch[name]
+            if device.type == "cuda":
+                start = torch.cuda.Event(enable_timing=True)
+                end = torch.cuda.Event(enable_timing=True)
+                start.record()
+                for _ in range(n):
+                    fn()
+                end.record()
+                end.synchronize()
+                samples[name].append(start.elapsed_time(end) / 1e3 / n)
+            else:
+                t0 = time.perf_counter()
+                for _ in range(n):
+                    fn()
+                samples[name].append((time.perf_counter() - t0) / n)
+    return {name: statistics.median(v) for name, v in samples.items()}
+
+
+def load_average() -> list[float] | None:
+    """``uptime``'s 1, 5 and 15 minute load averages (None where unavailable)."""
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except OSError:
+        return None
+
+
 def peak_memory(fn, device: torch.device) -> int | None:
     """Peak bytes allocated on the GPU during ``fn()`` beyond what was live before."""
     if device.type != "cuda":
@@ -101,7 +147,25 @@ def environment(device: torch.device) -> dict:
         "cpu_threads": torch.get_num_threads(),
         "host": platform.node(),
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "load_average": load_average(),
+        "cpu_count": os.cpu_count(),
     }
+    try:
+        from vsc_kernels import _extension
+
+        ext = _extension.load_extension() if device.type == "cpu" else None
+        info["cpp_kernels"] = (ext.cpu_capability() if ext is not None
+                               and hasattr(ext, "cpu_capability") else None)
+    except Exception:  # noqa: BLE001 - the record is informative only
+        info["cpp_kernels"] = None
+    try:
+        import subprocess
+
+        info["git_commit"] = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+            cwd=Path(__file__).resolve().parent, timeout=10).stdout.strip() or None
+    except Exception:  # noqa: BLE001
+        info["git_commit"] = None
     try:
         import triton
 

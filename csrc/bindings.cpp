@@ -30,6 +30,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("elbo_select_squared_error", &vsc::elbo_select_squared_error,
         "elbo_select forward: E[b, j] = sum_f (x_hat[b, j, f] - x[b, f])^2", py::arg("x"),
         py::arg("x_hat"));
+  m.def("elbo_select_forward", &vsc::elbo_select_forward,
+        "elbo_select fused forward: (loss, per_sample, index, weights)", py::arg("x"),
+        py::arg("x_hat"), py::arg("kl"), py::arg("beta"), py::arg("scale"), py::arg("method"));
   m.def("elbo_select_backward", &vsc::elbo_select_backward,
         "elbo_select backward: (grad_x_hat, grad_x or None)", py::arg("grad_sq_err"),
         py::arg("x"), py::arg("x_hat"), py::arg("need_x"));
@@ -40,5 +43,13 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("grad_out"));
   m.def("linear_elbo_squared_error", &vsc::linear_elbo_squared_error,
         "linear_elbo forward: E (B, J) = ||x_b - A z_bj||^2", py::arg("x"), py::arg("z"),
-        py::arg("A"));
+        py::arg("A"), py::arg("chunk_elements") = int64_t{1} << 22);
+  m.def("linear_elbo_forward", &vsc::linear_elbo_forward,
+        "linear_elbo fused forward: (loss, per_sample, index, weights)", py::arg("x"),
+        py::arg("z"), py::arg("A"), py::arg("kl"), py::arg("beta"), py::arg("scale"),
+        py::arg("method"), py::arg("chunk_elements"));
+  m.def("linear_elbo_residual", &vsc::linear_elbo_residual,
+        "g (x_b - A z_bj) for all samples (B * J, D) or the selected ones (B, D); and nnz",
+        py::arg("x"), py::arg("z"), py::arg("A"), py::arg("g"), py::arg("index"),
+        py::arg("chunk_elements"));
 }

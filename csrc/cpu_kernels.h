@@ -67,6 +67,27 @@ struct SquaredErrorArgs {
   void* grad_x = nullptr;     // backward: (B, F) contiguous compute type, or null
 };
 
+// linear_elbo: rows of the reconstructions A z (sample row r of z -> data row b, sample
+// j: b = r / J, j = r % J, or b = r, j = sel[r] when sel is given), from the dense product
+// rec (rows, D) when given, else by adding the rows of At for z's non-zeros only. Per row
+// either the squared norm ||x_b - A z||^2 (norms) or the scaled residual
+// g[r] (x_b - A z) (residual, (rows, D)). x (B, D) and At (d, D) contiguous, compute type.
+struct LinearArgs {
+  int64_t rows = 0, J = 1, d = 0, D = 0;
+  int64_t row0 = 0;  // kernel row i is row row0 + i (outputs are indexed by i)
+  const int64_t* sel = nullptr;
+  const void* z = nullptr;
+  Dtype z_dtype = Dtype::kFloat;
+  int64_t z_sb = 0, z_sj = 0, z_sd = 0;
+  const void* x = nullptr;
+  const void* At = nullptr;
+  bool compute_double = false;
+  const void* rec = nullptr;
+  void* norms = nullptr;
+  const void* g = nullptr;
+  void* residual = nullptr;
+};
+
 struct Kernels {
   const char* capability;
   // Forward of threshold_sample; returns false if a lam entry is negative, NaN or inf.
@@ -76,6 +97,7 @@ struct Kernels {
   void (*threshold_backward)(const ThresholdArgs&);
   void (*elbo_squared_error)(const SquaredErrorArgs&);
   void (*elbo_backward)(const SquaredErrorArgs&);
+  void (*linear_rows)(const LinearArgs&);
 };
 
 const Kernels& kernels();

@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "cpu_kernels.h"
+#include "selection.h"
 
 namespace vsc {
 namespace {
@@ -85,6 +86,17 @@ at::Tensor elbo_select_squared_error(const at::Tensor& x, const at::Tensor& x_ha
   args.out = out.data_ptr();
   cpu::kernels().elbo_squared_error(args);
   return out;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> elbo_select_forward(
+    const at::Tensor& x, const at::Tensor& x_hat, const std::optional<at::Tensor>& kl,
+    double beta, double scale, const std::string& method) {
+  at::Tensor E = elbo_select_squared_error(x, x_hat);
+  if (kl.has_value() && kl->defined() && kl->scalar_type() == at::kDouble &&
+      E.scalar_type() != at::kDouble) {
+    E = E.to(at::kDouble);  // the work dtype follows kl's too (reference.result_dtype)
+  }
+  return select_tensors(E, kl, beta, scale, method);
 }
 
 std::tuple<at::Tensor, std::optional<at::Tensor>> elbo_select_backward(

@@ -802,6 +802,112 @@ void elbo_backward(const SquaredErrorArgs& a) {
   }
 }
 
+// ---------------------------------------------------------------------------------------
+// linear_elbo rows (see LinearArgs).
+
+template <typename T>
+inline void add_rows(T* __restrict acc, int64_t n, const T* __restrict dense,
+                     const int64_t* __restrict col, const T* __restrict val, int64_t count) {
+  using V = Vectorized<T>;
+  int64_t i = 0;
+  for (; i + 4 <= count; i += 4) {
+    const T* s0 = dense + col[i] * n;
+    const T* s1 = dense + col[i + 1] * n;
+    const T* s2 = dense + col[i + 2] * n;
+    const T* s3 = dense + col[i + 3] * n;
+    const V v0(val[i]), v1(val[i + 1]), v2(val[i + 2]), v3(val[i + 3]);
+    for (int64_t f = 0; f < n; f += V::size()) {
+      const int64_t c = std::min<int64_t>(V::size(), n - f);
+      const V a = V::loadu(acc + f, c) + v0 * V::loadu(s0 + f, c) + v1 * V::loadu(s1 + f, c) +
+                  v2 * V::loadu(s2 + f, c) + v3 * V::loadu(s3 + f, c);
+      a.store(acc + f, c);
+    }
+  }
+  for (; i < count; ++i) {
+    const T* s0 = dense + col[i] * n;
+    const V v0(val[i]);
+    for (int64_t f = 0; f < n; f += V::size()) {
+      const int64_t c = std::min<int64_t>(V::size(), n - f);
+      (V::loadu(acc + f, c) + v0 * V::loadu(s0 + f, c)).store(acc + f, c);
+    }
+  }
+}
+
+template <typename S, typename T>
+void linear_rows_impl(const LinearArgs& a) {
+  using V = Vectorized<T>;
+  const int64_t d = a.d, D = a.D;
+  const S* z = static_cast<const S*>(a.z);
+  const T* x = static_cast<const T*>(a.x);
+  const T* At = static_cast<const T*>(a.At);
+  const T* rec = static_cast<const T*>(a.rec);
+  T* norms = static_cast<T*>(a.norms);
+  const T* g = static_cast<const T*>(a.g);
+  T* residual = static_cast<T*>(a.residual);
+  const int64_t per_row = rec != nullptr ? D : std::max<int64_t>(D, d);
+  const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 14) / std::max<int64_t>(per_row, 1));
+  at::parallel_for(0, a.rows, grain, [&](int64_t begin, int64_t end) {
+    std::vector<T> acc_buf(rec != nullptr ? 0 : static_cast<size_t>(D));
+    std::vector<int64_t> col(rec != nullptr ? 0 : static_cast<size_t>(d));
+    std::vector<T> val(rec != nullptr ? 0 : static_cast<size_t>(d));
+    for (int64_t r = begin; r < end; ++r) {
+      const int64_t row = a.row0 + r;
+      const int64_t b = a.sel != nullptr ? row : row / a.J;
+      const int64_t j = a.sel != nullptr ? a.sel[row] : row - b * a.J;
+      const T* xr = x + b * D;
+      const T* rr;
+      if (rec != nullptr) {
+        rr = rec + r * D;
+      } else {
+        const S* zr = z + b * a.z_sb + j * a.z_sj;
+        int64_t count = 0;
+        for (int64_t k = 0; k < d; ++k) {
+          const T v = static_cast<T>(zr[k * a.z_sd]);
+          if (v != T(0)) {
+            col[count] = k;
+            val[count] = v;
+            ++count;
+          }
+        }
+        T* acc = acc_buf.data();
+        std::fill(acc, acc + D, T(0));
+        add_rows<T>(acc, D, At, col.data(), val.data(), count);
+        rr = acc;
+      }
+      if (norms != nullptr) {
+        V acc0(T(0)), acc1(T(0));
+        acc0 = sq_err_acc<T>(rr, xr, D, acc0, acc1);
+        norms[r] = lanes_sum<T>(acc0 + acc1);
+      } else {
+        const V gr(g[r]);
+        T* out = residual + r * D;
+        for (int64_t f = 0; f < D; f += V::size()) {
+          const int64_t c = std::min<int64_t>(V::size(), D - f);
+          ((V::loadu(xr + f, c) - V::loadu(rr + f, c)) * gr).store(out + f, c);
+        }
+      }
+    }
+  });
+}
+
+void linear_rows(const LinearArgs& a) {
+  if (a.compute_double) {
+    switch (a.z_dtype) {
+      case Dtype::kDouble: linear_rows_impl<double, double>(a); break;
+      case Dtype::kFloat: linear_rows_impl<float, double>(a); break;
+      case Dtype::kHalf: linear_rows_impl<c10::Half, double>(a); break;
+      default: linear_rows_impl<c10::BFloat16, double>(a); break;
+    }
+    return;
+  }
+  switch (a.z_dtype) {
+    case Dtype::kFloat: linear_rows_impl<float, float>(a); break;
+    case Dtype::kDouble: linear_rows_impl<double, float>(a); break;
+    case Dtype::kHalf: linear_rows_impl<c10::Half, float>(a); break;
+    default: linear_rows_impl<c10::BFloat16, float>(a); break;
+  }
+}
+
 const Kernels kTable = {
     VSC_KERNELS_NAME,
     &threshold_forward,
@@ -809,6 +915,7 @@ const Kernels kTable = {
     &threshold_backward,
     &elbo_squared_error,
     &elbo_backward,
+    &linear_rows,
 };
 
 }  // namespace

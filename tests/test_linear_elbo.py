@@ -351,7 +351,8 @@ def test_no_op_creates_the_reconstructions(backend, monkeypatch):
     """Forward and backward (max and avg) create no tensor as large as the (B, J, D)
     reconstructions, only blocks of CHUNK_ELEMENTS (set to one row's J * D here); the
     reference, which builds them, shows that the check can fail. (Allocations inside
-    the C++ threads are not seen here; the next test measures those.)"""
+    the C++ threads are not seen here; the next test measures those. The C++ forward's
+    dense products run in blocks of CHUNK_ELEMENTS through ATen, so they are seen.)"""
     device = _device(backend)
     B, J, d, D = 3, 16, 8, 512
     monkeypatch.setattr(reference, "CHUNK_ELEMENTS", J * D)
@@ -362,8 +363,10 @@ def test_no_op_creates_the_reconstructions(backend, monkeypatch):
             linear_elbo(*leaves, kl, method=method, backend=backend).loss.backward()
         if backend == "reference":
             assert mode.largest >= B * J * D
-        elif method == "max":
+        elif method == "max" and backend != "cpp":
             assert mode.largest < J * D, mode.largest
+        elif method == "max":
+            assert mode.largest <= J * D, mode.largest
         else:   # the backward's blocks are seen: exactly one row's residuals
             assert mode.largest == J * D, mode.largest
 

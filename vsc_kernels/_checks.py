@@ -38,6 +38,8 @@ def float_tensor(name: str, value) -> torch.Tensor:
 
 
 def same_device(name: str, value: torch.Tensor, reference_name: str, reference: torch.Tensor):
+    if value.is_cpu and reference.is_cpu:
+        return
     if value.device != reference.device:
         raise ValueError(f"{name} is on {value.device} but {reference_name} is on "
                          f"{reference.device}; move them to one device")
@@ -72,6 +74,8 @@ def real_number(name: str, value, *, minimum: float | None = None, positive: boo
 def optional_count(name: str, value, *, minimum: int = 1) -> int | None:
     if value is None:
         return None
+    if type(value) is int and value >= minimum:  # the common case, without numbers.Integral
+        return value
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{name} must be an int or None, got {type(value).__name__}")
     if value < minimum:

@@ -111,22 +111,24 @@ _threshold_sample_op.register_autograd(_backward, setup_context=_setup_context)
 class _ThresholdSampleFunction(torch.autograd.Function):
     """Eager autograd for the kernels (what the custom op's autograd does, minus the
     ``torch.library`` dispatch, which costs tens of microseconds per call). Used when
-    not compiling; under ``torch.compile`` the custom op above is traced instead."""
+    not compiling; under ``torch.compile`` the custom op above is traced instead.
+    ``config``: ``(lam_value, num_samples, base, estimator, warmup, return_kl,
+    prior_scale, impl)`` in one argument (``apply`` pays per argument)."""
 
     @staticmethod
-    def forward(ctx, mu, logb, lam, lam_value, seed, num_samples, base, estimator, warmup,
-                return_kl, prior_scale, impl):
+    def forward(ctx, mu, logb, lam, seed, config):
+        lam_value, num_samples, base, _, warmup, return_kl, prior_scale, impl = config
         z, kl = impl.threshold_sample_forward(mu, logb, lam, lam_value, seed, num_samples, base,
                                               warmup, return_kl, prior_scale)
         ctx.save_for_backward(mu, logb, lam, seed)
-        ctx.params = (lam_value, num_samples, base, estimator, warmup, prior_scale, impl)
+        ctx.config = config
         return z, kl
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_z, grad_kl):
         mu, logb, lam, seed = ctx.saved_tensors
-        lam_value, num_samples, base, estimator, warmup, prior_scale, impl = ctx.params
+        lam_value, num_samples, base, estimator, warmup, _, prior_scale, impl = ctx.config
         lam_requires_grad = lam is not None and ctx.needs_input_grad[2]
         if grad_z is None:
             grad_z = mu.new_zeros(()).expand(mu.shape[0], num_samples, mu.shape[1])
@@ -134,22 +136,22 @@ class _ThresholdSampleFunction(torch.autograd.Function):
             grad_z, grad_kl, mu, logb, lam, lam_value, seed, num_samples, base, estimator,
             warmup, prior_scale, lam_requires_grad)
         if lam_requires_grad:
-            grad_lam = grad_lam.to(lam.dtype)
-        return (grad_mu, grad_logb, grad_lam if lam_requires_grad else None,
-                None, None, None, None, None, None, None, None, None)
+            return grad_mu, grad_logb, grad_lam.to(lam.dtype), None, None
+        return grad_mu, grad_logb, None, None, None
 
 
 def _run_kernels(mu2, logb2, lam_tensor, lam_value, seed, J, base, estimator, warmup, return_kl,
                  prior_scale, backend):
-    """``(z (M, J, d), kl (M,) or empty)`` from a kernel backend, eager or traced."""
+    """``(z (M, J, d), kl (M,) or empty/None)`` from a kernel backend, eager or traced."""
     if torch.compiler.is_compiling():
         return _threshold_sample_op(mu2, logb2, lam_tensor, lam_value, seed, J, base, estimator,
                                     warmup, return_kl, prior_scale, backend)
     impl = backend_module(_OP, backend)
     if torch.is_grad_enabled() and (mu2.requires_grad or logb2.requires_grad or (
             lam_tensor is not None and lam_tensor.requires_grad)):
-        return _ThresholdSampleFunction.apply(mu2, logb2, lam_tensor, lam_value, seed, J, base,
-                                              estimator, warmup, return_kl, prior_scale, impl)
+        return _ThresholdSampleFunction.apply(
+            mu2, logb2, lam_tensor, seed,
+            (lam_value, J, base, estimator, warmup, return_kl, prior_scale, impl))
     return impl.threshold_sample_forward(mu2, logb2, lam_tensor, lam_value, seed, J, base,
                                          warmup, return_kl, prior_scale)
 
@@ -247,8 +249,12 @@ def threshold_sample(mu: torch.Tensor, logb: torch.Tensor, lam, *, num_samples: 
 
     d = mu.shape[-1]
     J = 1 if num_samples is None else num_samples
-    rows = math.prod(mu.shape[:-1])
-    mu2, logb2 = mu.reshape(rows, d), logb.reshape(rows, d)
+    if mu.dim() == 2:  # the common (rows, d) case needs no reshape
+        rows = mu.shape[0]
+        mu2, logb2 = mu, logb
+    else:
+        rows = math.prod(mu.shape[:-1])
+        mu2, logb2 = mu.reshape(rows, d), logb.reshape(rows, d)
     lam_tensor, lam_value = None, 0.0
     if isinstance(lam, torch.Tensor):
         lam_tensor = lam.expand(out_shape).reshape(rows, J, d)
@@ -256,7 +262,8 @@ def threshold_sample(mu: torch.Tensor, logb: torch.Tensor, lam, *, num_samples: 
         lam_value = lam
     z, kl = _run_kernels(mu2, logb2, lam_tensor, lam_value, seed, J, base, estimator, warmup,
                          return_kl, prior_scale, chosen)
-    z = z.reshape(out_shape)
+    if num_samples is None or mu.dim() != 2:
+        z = z.reshape(out_shape)
     if not return_kl:
         return z
     if kl.dtype != dtype:
