@@ -26,7 +26,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("fista_solve", &vsc::fista_solve,
         "batched FISTA from the Gram matrix: (codes, n_iter, converged)", py::arg("gram"),
         py::arg("c"), py::arg("lam"), py::arg("z0"), py::arg("lipschitz"), py::arg("max_iter"),
-        py::arg("tol"), py::arg("nonneg"));
+        py::arg("tol"), py::arg("nonneg"), py::arg("A") = py::none());
   m.def("elbo_select_squared_error", &vsc::elbo_select_squared_error,
         "elbo_select forward: E[b, j] = sum_f (x_hat[b, j, f] - x[b, f])^2", py::arg("x"),
         py::arg("x_hat"));
@@ -48,6 +48,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "linear_elbo fused forward: (loss, per_sample, index, weights)", py::arg("x"),
         py::arg("z"), py::arg("A"), py::arg("kl"), py::arg("beta"), py::arg("scale"),
         py::arg("method"), py::arg("chunk_elements"));
+  m.def("linear_elbo_backward", &vsc::linear_elbo_backward,
+        "linear_elbo backward: (grad_x, grad_z, grad_A), None where not needed",
+        py::arg("grad_E"), py::arg("index"), py::arg("x"), py::arg("z"), py::arg("A"),
+        py::arg("need_x"), py::arg("need_z"), py::arg("need_A"), py::arg("chunk_elements"));
   m.def("linear_elbo_residual", &vsc::linear_elbo_residual,
         "g (x_b - A z_bj) for all samples (B * J, D) or the selected ones (B, D); and nnz",
         py::arg("x"), py::arg("z"), py::arg("A"), py::arg("g"), py::arg("index"),

@@ -15,6 +15,7 @@
 #include "linear_elbo.h"
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 
 #include <ATen/Dispatch.h>
@@ -22,6 +23,7 @@
 
 #include "cpu_kernels.h"
 #include "selection.h"
+#include "sparse_decode.h"
 
 namespace vsc {
 namespace {
@@ -55,6 +57,20 @@ void check_shapes(const at::Tensor& x, const at::Tensor& z, const at::Tensor& A)
 
 at::ScalarType work_type(const at::Tensor& z) {
   return z.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+}
+
+// Whether every value of t (contiguous, float or double) is finite; read directly (no ATen
+// op, so no host synchronisation is recorded). The sparse paths skip the codes' zeros, so a
+// NaN or inf in A or in the residuals would not reach the outputs that the dense product
+// (0 * nan = nan) makes NaN: they run only when these are finite (the non-finite policy).
+bool all_finite(const at::Tensor& t) {
+  bool ok = true;
+  AT_DISPATCH_FLOATING_TYPES(t.scalar_type(), "all_finite", [&] {
+    const scalar_t* p = t.const_data_ptr<scalar_t>();
+    const int64_t n = t.numel();
+    for (int64_t i = 0; i < n; ++i) ok &= std::isfinite(p[i]);
+  });
+  return ok;
 }
 
 // Non-zeros of the codes of kernel rows r0..r1 (see linear_rows; sel indexed by data row).
@@ -105,6 +121,7 @@ int64_t linear_rows(const at::Tensor& x, const at::Tensor& z, const at::Tensor& 
   const int64_t elt = at::elementSize(work);
   at::Tensor rec_buffer, z_rows;
   int64_t nnz_total = 0;
+  const bool sparse_allowed = all_finite(At);
   for (int64_t r0 = 0; r0 < rows; r0 += chunk) {
     const int64_t n = std::min(chunk, rows - r0);
     cpu::LinearArgs a = args;
@@ -115,7 +132,8 @@ int64_t linear_rows(const at::Tensor& x, const at::Tensor& z, const at::Tensor& 
     if (residual != nullptr) a.residual = static_cast<char*>(residual->data_ptr()) + r0 * D * elt;
     const int64_t nnz = count_nonzero_rows(z, sel, r0, r0 + n, J);
     nnz_total += nnz;
-    const bool sparse = static_cast<double>(nnz) <= kSparseDensity * static_cast<double>(n * d);
+    const bool sparse = sparse_allowed &&
+                        static_cast<double>(nnz) <= kSparseDensity * static_cast<double>(n * d);
     if (!sparse && d > 0) {
       // dense: the chunk's codes in the compute type, one GEMM into the buffer
       if (!z_rows.defined()) {
@@ -149,7 +167,9 @@ struct Prepared {
 
 Prepared prepare(const at::Tensor& x, const at::Tensor& A, at::ScalarType work) {
   // x and A are small next to z: converted once; At (d, D) contiguous for the row gathers
-  return {x.detach().to(work).contiguous(), A.detach().to(work).t().contiguous()};
+  const at::Tensor xw = x.scalar_type() == work && x.is_contiguous() ? x : x.to(work).contiguous();
+  const at::Tensor Aw = A.scalar_type() == work ? A : A.to(work);
+  return {xw, Aw.t().contiguous()};
 }
 
 }  // namespace
@@ -164,7 +184,7 @@ at::Tensor linear_elbo_squared_error(const at::Tensor& x, const at::Tensor& z,
   if (B == 0 || J == 0) return E;
   if (x.size(1) == 0) return E.zero_();
   const Prepared p = prepare(x, A, work);
-  linear_rows(p.x, z.detach(), p.At, nullptr, nullptr, &E, nullptr, chunk_elements);
+  linear_rows(p.x, z, p.At, nullptr, nullptr, &E, nullptr, chunk_elements);
   return E;
 }
 
@@ -194,10 +214,96 @@ std::tuple<at::Tensor, int64_t> linear_elbo_residual(const at::Tensor& x, const 
   at::Tensor residual = at::empty({rows, D}, z.options().dtype(work));
   if (rows == 0 || D == 0) return {residual, 0};
   const Prepared p = prepare(x, A, work);
-  const int64_t nnz = linear_rows(p.x, z.detach(), p.At,
+  const int64_t nnz = linear_rows(p.x, z, p.At,
                                   sel.defined() ? sel.const_data_ptr<int64_t>() : nullptr, &gc,
                                   nullptr, &residual, chunk_elements);
   return {residual, nnz};
+}
+
+namespace {
+
+// grad_A += -2 gr^T z_rows (z_rows (n, d), gr (n, D)): the sparse product over the codes'
+// non-zeros when they are at most kSparseDensity of the block, else one GEMM.
+void add_grad_A(at::Tensor& grad_A, const at::Tensor& z_rows, const at::Tensor& gr, int64_t nnz) {
+  const int64_t n = z_rows.size(0), d = z_rows.size(1);
+  const at::Tensor zw = z_rows.scalar_type() == gr.scalar_type() ? z_rows : z_rows.to(gr.scalar_type());
+  if (static_cast<double>(nnz) <= kSparseDensity * static_cast<double>(n * d) &&
+      all_finite(gr)) {
+    grad_A.add_(sparse_decode_grad_weight_t(zw, gr).t(), -2.0);
+  } else {
+    grad_A.addmm_(gr.t(), zw, 1.0, -2.0);
+  }
+}
+
+}  // namespace
+
+std::tuple<std::optional<at::Tensor>, std::optional<at::Tensor>, std::optional<at::Tensor>>
+linear_elbo_backward(const at::Tensor& grad_E, const std::optional<at::Tensor>& index_opt,
+                     const at::Tensor& x_in, const at::Tensor& z_in, const at::Tensor& A_in,
+                     bool need_x, bool need_z, bool need_A, int64_t chunk_elements) {
+  c10::NoGradGuard no_grad;
+  const at::ScalarType work = grad_E.scalar_type();
+  at::ScalarType dtype = at::promote_types(at::promote_types(x_in.scalar_type(),
+                                                             z_in.scalar_type()), A_in.scalar_type());
+  const at::Tensor x = x_in.scalar_type() == dtype ? x_in : x_in.to(dtype);
+  const at::Tensor z = z_in.scalar_type() == dtype ? z_in : z_in.to(dtype);
+  const at::Tensor A = A_in.scalar_type() == dtype ? A_in : A_in.to(dtype);
+  check_shapes(x, z, A);
+  const int64_t B = z.size(0), J = z.size(1), d = z.size(2), D = x.size(1);
+  TORCH_CHECK(grad_E.dim() == 2 && grad_E.size(0) == B && grad_E.size(1) == J,
+              "linear_elbo_backward: grad_E must be (B, J)");
+  TORCH_CHECK(work_type(z) == work, "linear_elbo_backward: grad_E must be in the compute dtype");
+  const Prepared p = prepare(x, A, work);
+  const at::Tensor A_w = A.scalar_type() == work ? A : A.to(work);
+  const at::TensorOptions opts = grad_E.options();
+  std::optional<at::Tensor> grad_x, grad_z, grad_A;
+  if (need_A) grad_A = at::zeros({D, d}, opts);
+  if (index_opt.has_value() && index_opt->defined()) {
+    // Max ELBO sampling: one residual per row, at the selected sample.
+    const at::Tensor index = index_opt->to(at::kLong).contiguous();
+    const at::Tensor g = grad_E.gather(1, index.view({B, 1})).view({B});
+    at::Tensor gr = at::empty({B, D}, opts);
+    const int64_t nnz = linear_rows(p.x, z, p.At, index.const_data_ptr<int64_t>(), &g, nullptr,
+                                    &gr, std::max(chunk_elements, D));
+    if (need_x) grad_x = gr * 2.0;
+    if (need_z || need_A) {
+      const at::Tensor z_sel = z.gather(1, index.view({B, 1, 1}).expand({B, 1, d})).view({B, d});
+      if (need_z) {
+        grad_z = at::zeros({B, J, d}, opts);
+        grad_z->scatter_(1, index.view({B, 1, 1}).expand({B, 1, d}),
+                         at::mm(gr, A_w).mul_(-2.0).view({B, 1, d}));
+      }
+      if (need_A) add_grad_A(*grad_A, z_sel, gr, nnz);
+    }
+    return {grad_x, grad_z, grad_A};
+  }
+  if (need_x) grad_x = at::zeros({B, D}, opts);
+  if (need_z) grad_z = at::empty({B, J, d}, opts);
+  // blocks of whole data rows, or of the samples of one row when J * D is more
+  int64_t step_b = 1, step_j = J;
+  if (J * D <= chunk_elements) {
+    step_b = std::max<int64_t>(1, chunk_elements / std::max<int64_t>(J * D, 1));
+  } else {
+    step_j = std::max<int64_t>(1, chunk_elements / std::max<int64_t>(D, 1));
+  }
+  for (int64_t b0 = 0; b0 < B; b0 += step_b) {
+    const int64_t nb = std::min(step_b, B - b0);
+    for (int64_t j0 = 0; j0 < J; j0 += step_j) {
+      const int64_t m = std::min(step_j, J - j0);
+      const at::Tensor z_c = z.narrow(0, b0, nb).narrow(1, j0, m);
+      const at::Tensor g_c = grad_E.narrow(0, b0, nb).narrow(1, j0, m).contiguous();
+      at::Tensor gr = at::empty({nb * m, D}, opts);
+      const at::Tensor x_c = p.x.narrow(0, b0, nb);
+      const int64_t nnz = linear_rows(x_c, z_c, p.At, nullptr, &g_c, nullptr, &gr,
+                                      std::max(chunk_elements, D));
+      if (need_x) grad_x->narrow(0, b0, nb).add_(gr.view({nb, m, D}).sum(1), 2.0);
+      if (need_z) {
+        grad_z->narrow(0, b0, nb).narrow(1, j0, m).copy_(at::mm(gr, A_w).mul_(-2.0).view({nb, m, d}));
+      }
+      if (need_A) add_grad_A(*grad_A, z_c.reshape({nb * m, d}), gr, nnz);
+    }
+  }
+  return {grad_x, grad_z, grad_A};
 }
 
 }  // namespace vsc

@@ -34,4 +34,14 @@ std::tuple<at::Tensor, int64_t> linear_elbo_residual(const at::Tensor& x, const 
                                                      const std::optional<at::Tensor>& index,
                                                      int64_t chunk_elements);
 
+// The backward contract of reference.linear_elbo_backward: grad_E (B, J) in the compute
+// dtype, index (B,) for method "max" (only the selected samples' residuals) or None;
+// blocks of at most chunk_elements residuals. Returns grad_x (B, D), grad_z (B, J, d),
+// grad_A (D, d) in the compute dtype (None where not needed). grad_A skips the zeros of
+// sparse codes (csrc/sparse_decode.cpp).
+std::tuple<std::optional<at::Tensor>, std::optional<at::Tensor>, std::optional<at::Tensor>>
+linear_elbo_backward(const at::Tensor& grad_E, const std::optional<at::Tensor>& index,
+                     const at::Tensor& x, const at::Tensor& z, const at::Tensor& A, bool need_x,
+                     bool need_z, bool need_A, int64_t chunk_elements);
+
 }  // namespace vsc

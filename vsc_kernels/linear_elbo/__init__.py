@@ -93,6 +93,10 @@ def _setup_context(ctx, inputs, output):
     ctx.backend = backend
 
 
+def _as(tensor, dtype):
+    return tensor if tensor.dtype == dtype else tensor.to(dtype)
+
+
 def _gradients(ctx, grad_loss, backward_fn):
     x, z, A, kl, index, weights = ctx.saved_tensors
     beta, method, recon = ctx.params[:3]
@@ -101,14 +105,18 @@ def _gradients(ctx, grad_loss, backward_fn):
     grad_L = grad_loss.to(weights.dtype) * weights / max(z.shape[0], 1)
     grad_x = grad_z = grad_A = grad_kl = None
     if need_x or need_z or need_A:
-        grad_E = grad_L * _elbo.recon_scale(recon, x.shape[1])
-        # A backward called inside an autocast region must not run its products in bf16.
-        with torch.autocast(x.device.type, enabled=False):
-            grad_x, grad_z, grad_A = backward_fn(
-                grad_E, index if method == "max" else None, x, z, A, need_x, need_z, need_A)
-        grad_x = grad_x.to(x.dtype) if need_x else None
-        grad_z = grad_z.to(z.dtype) if need_z else None
-        grad_A = grad_A.to(A.dtype) if need_A else None
+        scale = _elbo.recon_scale(recon, x.shape[1])
+        grad_E = grad_L * scale if scale != 1.0 else grad_L
+        args = (grad_E, index if method == "max" else None, x, z, A, need_x, need_z, need_A)
+        if torch.is_autocast_enabled(x.device.type):
+            # A backward called inside an autocast region must not run its products in bf16.
+            with torch.autocast(x.device.type, enabled=False):
+                grad_x, grad_z, grad_A = backward_fn(*args)
+        else:
+            grad_x, grad_z, grad_A = backward_fn(*args)
+        grad_x = _as(grad_x, x.dtype) if need_x else None
+        grad_z = _as(grad_z, z.dtype) if need_z else None
+        grad_A = _as(grad_A, A.dtype) if need_A else None
     if need_kl:
         grad_kl = _elbo.kl_gradient(grad_L, kl, beta)
     return grad_x, grad_z, grad_A, grad_kl
