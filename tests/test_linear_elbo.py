@@ -332,7 +332,8 @@ def test_forward_contract_several_tiles(backend):
 
 
 class _LargestTensor(TorchDispatchMode):
-    """Records the largest tensor any ATen op creates while active."""
+    """Records the largest floating-point tensor any ATen op creates while active (the
+    Triton interpreter's byte copies of argument storages, uint8, are not data)."""
 
     def __init__(self):
         super().__init__()
@@ -341,7 +342,7 @@ class _LargestTensor(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
         for t in pytree.tree_leaves(out):
-            if isinstance(t, torch.Tensor):
+            if isinstance(t, torch.Tensor) and t.is_floating_point():
                 self.largest = max(self.largest, t.numel())
         return out
 
