@@ -6,12 +6,15 @@ the hardware limit reached, so that anyone can check a speed claim.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import platform
 import statistics
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -63,11 +66,14 @@ def time_call(fn, device: torch.device, *, warmup: int = 3, repeats: int = 20,
 
 
 def time_interleaved(calls: dict, device: torch.device, *, rounds: int = 15,
-                     round_seconds: float = 0.02, warmup: int = 2) -> dict[str, float]:
+                     round_seconds: float = 0.02, warmup: int = 2,
+                     clock=time.perf_counter) -> dict[str, float]:
     """Median seconds per call of each of ``calls`` (name -> zero-argument callable),
     measured in interleaved rounds: every round times each call in turn (a batch of
     calls sized to about ``round_seconds``), so that a change of load on a shared machine
-    hits every provider alike. CUDA: events around each batch."""
+    hits every provider alike. CUDA: events around each batch. ``clock``: wall time by
+    default; ``time.process_time`` (CPU time of the process) is steadier for single-thread
+    runs on a loaded machine."""
     for fn in calls.values():
         for _ in range(warmup):
             fn()
@@ -93,10 +99,10 @@ def time_interleaved(calls: dict, device: torch.device, *, rounds: int = 15,
                 end.synchronize()
                 samples[name].append(start.elapsed_time(end) / 1e3 / n)
             else:
-                t0 = time.perf_counter()
+                t0 = clock()
                 for _ in range(n):
                     fn()
-                samples[name].append((time.perf_counter() - t0) / n)
+                samples[name].append((clock() - t0) / n)
     return {name: statistics.median(v) for name, v in samples.items()}
 
 
@@ -177,9 +183,11 @@ def environment(device: torch.device) -> dict:
     return info
 
 
-def write_results(name: str, device: torch.device, payload: dict) -> Path:
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    path = RESULTS_DIR / f"{name}_{device.type}.json"
+def write_results(name: str, device: torch.device, payload: dict, *,
+                  directory: Path | None = None) -> Path:
+    directory = RESULTS_DIR if directory is None else Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"{name}_{device.type}.json"
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(payload, indent=2) + "\n")
     os.replace(tmp, path)
@@ -207,3 +215,97 @@ def print_table(rows: list[dict], columns: list[tuple[str, str, str]]):
     print("  ".join(h.rjust(w) for h, w in zip(headers, widths)))
     for c in cells:
         print("  ".join(v.rjust(w) for v, w in zip(c, widths)))
+
+
+# --------------------------------------------------------------------------------------
+# Cases: one benchmark group (op, shape, dtype, mode) timed for every provider in it.
+# The op scripts build them; run_cases prints the tables, bench/test_bench.py runs the
+# same cases under pytest-benchmark.
+# --------------------------------------------------------------------------------------
+
+BASELINES = ("eager", "compiled")
+
+
+@dataclass
+class Case:
+    """The same work done by several providers.
+
+    ``build()`` allocates the inputs and returns ``{provider: zero-argument call}``;
+    ``work`` is what one call must move or compute (``unit``: ``"bytes"`` -> GB/s, or
+    ``"flops"`` -> TFLOP/s) and ``limit()`` the hardware limit in the same unit per second
+    with its source. Speedups are against the ``baselines`` present in the group.
+    """
+
+    op: str
+    params: dict
+    providers: tuple[str, ...]
+    build: Callable[[], dict]
+    work: float | None
+    unit: str
+    limit: Callable[[], tuple[float, str]] | None = None
+    baselines: tuple[str, ...] = BASELINES
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def group(self) -> str:
+        return self.op + " " + " ".join(f"{k}={v}" for k, v in self.params.items())
+
+
+def row_for(case: Case, provider: str, seconds: float) -> dict:
+    """One result row: the case's parameters, the time, throughput and fraction of limit."""
+    row = {**case.params, "provider": provider, "time_ms": seconds * 1e3}
+    if case.work is not None:
+        per_second = case.work / seconds
+        if case.unit == "bytes":
+            row["effective_GBps"] = per_second / 1e9
+        else:
+            row["TFLOPs"] = per_second / 1e12
+        if case.limit is not None:
+            limit, source = case.limit()
+            row["fraction_of_limit"] = per_second / limit
+            row["limit"] = limit
+            row["limit_source"] = source
+    row.update(case.extra)
+    return row
+
+
+def add_case_speedups(rows: list[dict], case: Case) -> list[dict]:
+    times = {r["provider"]: r["time_ms"] for r in rows}
+    for row in rows:
+        for baseline in case.baselines:
+            if baseline in times:
+                row[f"speedup_vs_{baseline}"] = times[baseline] / row["time_ms"]
+    return rows
+
+
+def run_cases(cases: list[Case], device: torch.device, *, rounds: int = 15,
+              round_seconds: float = 0.02, verbose: bool = True,
+              clock=time.perf_counter) -> list[dict]:
+    """Times every case's providers interleaved (see :func:`time_interleaved`) and returns
+    one row per (case, provider) with speedups against the case's baselines."""
+    rows = []
+    for case in cases:
+        calls = case.build()
+        seconds = time_interleaved(calls, device, rounds=rounds, round_seconds=round_seconds,
+                                   clock=clock)
+        case_rows = [row_for(case, name, seconds[name]) for name in calls]
+        rows.extend(add_case_speedups(case_rows, case))
+        if verbose:
+            best = {name: f"{s * 1e3:.3f} ms" for name, s in seconds.items()}
+            print(f"  {case.group}: {best}", flush=True)
+        del calls
+    return rows
+
+
+@functools.lru_cache(maxsize=None)
+def cached_bandwidth_limit(device_str: str) -> tuple[float, str]:
+    return bandwidth_limit(torch.device(device_str))
+
+
+def payload(op: str, device: torch.device, rows: list[dict], **extra) -> dict:
+    """A result file: the op, the environment (device, versions, load), the rows."""
+    return {"op": op, "environment": environment(device), **extra, "results": rows}
+
+
+def result_name(op: str, quick: bool) -> str:
+    return f"{op}_quick" if quick else op

@@ -17,6 +17,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <vector>
 
 #include <ATen/Dispatch.h>
 #include <c10/core/GradMode.h>
@@ -235,6 +236,47 @@ void add_grad_A(at::Tensor& grad_A, const at::Tensor& z_rows, const at::Tensor& 
   }
 }
 
+// Small problems: the whole backward as plain loops over the rows (no ATen op per block,
+// which costs more than the arithmetic here). Dense arithmetic, so NaN/inf propagate as in
+// the reference's products. sel: the selected sample of each row (method "max") or null.
+constexpr int64_t kSmallBackward = int64_t{1} << 15;  // B * (J or 1) * d * D at most
+
+template <typename T>
+void small_backward(const T* gE, const int64_t* sel, const T* x, const T* z, const T* A,
+                    int64_t B, int64_t J, int64_t d, int64_t D, T* gx, T* gz, T* gA) {
+  std::vector<T> gr(static_cast<size_t>(D));
+  for (int64_t b = 0; b < B; ++b) {
+    const int64_t j_begin = sel != nullptr ? sel[b] : 0;
+    const int64_t j_end = sel != nullptr ? sel[b] + 1 : J;
+    for (int64_t j = j_begin; j < j_end; ++j) {
+      const T g = gE[b * J + j];
+      const T* zr = z + (b * J + j) * d;
+      for (int64_t f = 0; f < D; ++f) {
+        T rec = T(0);
+        for (int64_t k = 0; k < d; ++k) rec += A[f * d + k] * zr[k];
+        gr[f] = (x[b * D + f] - rec) * g;
+      }
+      if (gx != nullptr) {
+        for (int64_t f = 0; f < D; ++f) gx[b * D + f] += T(2) * gr[f];
+      }
+      if (gz != nullptr) {
+        T* out = gz + (b * J + j) * d;
+        for (int64_t k = 0; k < d; ++k) {
+          T acc = T(0);
+          for (int64_t f = 0; f < D; ++f) acc += gr[f] * A[f * d + k];
+          out[k] = T(-2) * acc;
+        }
+      }
+      if (gA != nullptr) {
+        for (int64_t f = 0; f < D; ++f) {
+          const T v = T(-2) * gr[f];
+          for (int64_t k = 0; k < d; ++k) gA[f * d + k] += v * zr[k];
+        }
+      }
+    }
+  }
+}
+
 }  // namespace
 
 std::tuple<std::optional<at::Tensor>, std::optional<at::Tensor>, std::optional<at::Tensor>>
@@ -253,12 +295,34 @@ linear_elbo_backward(const at::Tensor& grad_E, const std::optional<at::Tensor>& 
   TORCH_CHECK(grad_E.dim() == 2 && grad_E.size(0) == B && grad_E.size(1) == J,
               "linear_elbo_backward: grad_E must be (B, J)");
   TORCH_CHECK(work_type(z) == work, "linear_elbo_backward: grad_E must be in the compute dtype");
+  const at::TensorOptions opts = grad_E.options();
+  const bool has_index = index_opt.has_value() && index_opt->defined();
+  const int64_t rows = has_index ? B : B * J;
+  if (rows * d * D <= kSmallBackward && rows * D <= chunk_elements) {
+    const at::Tensor gE = grad_E.contiguous();
+    const at::Tensor index = has_index ? index_opt->to(at::kLong).contiguous() : at::Tensor();
+    const at::Tensor xw = x.to(work).contiguous(), zw = z.to(work).contiguous();
+    const at::Tensor Aw = A.to(work).contiguous();
+    std::optional<at::Tensor> gx, gz, gA;
+    if (need_x) gx = at::zeros({B, D}, opts);
+    if (need_z) gz = at::zeros({B, J, d}, opts);
+    if (need_A) gA = at::zeros({D, d}, opts);
+    AT_DISPATCH_FLOATING_TYPES(work, "linear_elbo_small_backward", [&] {
+      small_backward<scalar_t>(
+          gE.const_data_ptr<scalar_t>(), has_index ? index.const_data_ptr<int64_t>() : nullptr,
+          xw.const_data_ptr<scalar_t>(), zw.const_data_ptr<scalar_t>(),
+          Aw.const_data_ptr<scalar_t>(), B, J, d, D,
+          gx ? gx->mutable_data_ptr<scalar_t>() : nullptr,
+          gz ? gz->mutable_data_ptr<scalar_t>() : nullptr,
+          gA ? gA->mutable_data_ptr<scalar_t>() : nullptr);
+    });
+    return {gx, gz, gA};
+  }
   const Prepared p = prepare(x, A, work);
   const at::Tensor A_w = A.scalar_type() == work ? A : A.to(work);
-  const at::TensorOptions opts = grad_E.options();
   std::optional<at::Tensor> grad_x, grad_z, grad_A;
   if (need_A) grad_A = at::zeros({D, d}, opts);
-  if (index_opt.has_value() && index_opt->defined()) {
+  if (has_index) {
     // Max ELBO sampling: one residual per row, at the selected sample.
     const at::Tensor index = index_opt->to(at::kLong).contiguous();
     const at::Tensor g = grad_E.gather(1, index.view({B, 1})).view({B});
