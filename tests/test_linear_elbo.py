@@ -331,6 +331,39 @@ def test_forward_contract_several_tiles(backend):
         torch.testing.assert_close(E.cpu().double(), expected, rtol=2e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("density", [0.3, 1.0])   # the C++ sparse and dense residual paths
+def test_cpp_backward_contract_in_chunks(monkeypatch, density):
+    """The C++ backward (one call: residuals from the sparse-aware kernel, grad_A over the
+    codes' non-zeros when sparse, a plain-loop path for small problems) gives the
+    reference's gradients for every blocking, with and without an index."""
+    require_backend("cpp")
+    from vsc_kernels.linear_elbo import cpp_backend
+
+    g = torch.Generator().manual_seed(4)
+    B, J, d, D = 9, 4, 40, 30
+    x = torch.randn(B, D, generator=g)
+    z = torch.randn(B, J, d, generator=g) * (torch.rand(B, J, d, generator=g) < density)
+    A = torch.randn(D, d, generator=g) / d ** 0.5
+    grad_E = torch.rand(B, J, generator=g)
+    index = torch.randint(0, J, (B,), generator=g)
+    for chunk in (reference.CHUNK_ELEMENTS, 2 * J * D + 5, 2 * D + 3, 7):
+        monkeypatch.setattr(reference, "CHUNK_ELEMENTS", chunk)
+        for idx in (None, index):
+            want = reference.linear_elbo_backward(grad_E, idx, x, z, A, True, True, True)
+            got = cpp_backend.linear_elbo_backward(grad_E, idx, x, z, A, True, True, True)
+            for a, b, name in zip(got, want, ("x", "z", "A")):
+                torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4,
+                                           msg=f"grad {name}, chunk {chunk}, index {idx}")
+    # the small-problem path (one block holds everything)
+    monkeypatch.setattr(reference, "CHUNK_ELEMENTS", 1 << 22)
+    xs, zs, As, gs = x[:2, :6], z[:2, :, :5].contiguous(), A[:6, :5], grad_E[:2]
+    for idx in (None, index[:2]):
+        want = reference.linear_elbo_backward(gs, idx, xs, zs, As, True, True, True)
+        got = cpp_backend.linear_elbo_backward(gs, idx, xs, zs, As, True, True, True)
+        for a, b in zip(got, want):
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
 class _LargestTensor(TorchDispatchMode):
     """Records the largest floating-point tensor any ATen op creates while active (the
     Triton interpreter's byte copies of argument storages, uint8, are not data)."""
