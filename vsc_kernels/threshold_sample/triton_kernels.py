@@ -298,6 +298,22 @@ def _warps_for(tile: int) -> int:
 
 def _launch_config(M: int, J: int, d: int, device: torch.device, j_split: int | None = None,
                    min_chunk: int = 1):
+    """The launch configuration of :func:`_compute_launch_config`, cached per shape (a
+    per-call cost on the paper's small shapes)."""
+    interpreted = _interpreted() or device.type != "cuda"
+    index = None
+    if not interpreted:
+        index = device.index if device.index is not None else torch.cuda.current_device()
+    return _cached_launch_config(M, J, d, interpreted, index, j_split, min_chunk)
+
+
+@functools.lru_cache(maxsize=1024)
+def _cached_launch_config(M, J, d, interpreted, index, j_split, min_chunk):
+    return _compute_launch_config(M, J, d, interpreted, index, j_split, min_chunk)
+
+
+def _compute_launch_config(M: int, J: int, d: int, interpreted: bool, index: int | None,
+                           j_split: int | None, min_chunk: int):
     """Block sizes, warps and the J chunking (a heuristic; no autotuning).
 
     GPU: a [BLOCK_M, BLOCK_D] tile of about 1024 elements (BLOCK_D = next power of 2 of
@@ -309,7 +325,6 @@ def _launch_config(M: int, J: int, d: int, device: torch.device, j_split: int | 
     program costs far more than its elements, so tiles of up to 32768 elements and no
     splitting. ``j_split`` forces the number of J chunks (tests).
     """
-    interpreted = _interpreted() or device.type != "cuda"
     block_d = max(4, triton.next_power_of_2(d))
     if interpreted:
         block_d = min(block_d, 4096)
@@ -322,7 +337,6 @@ def _launch_config(M: int, J: int, d: int, device: torch.device, j_split: int | 
     if interpreted:
         want_warps = 0
     else:
-        index = device.index if device.index is not None else torch.cuda.current_device()
         n_sm = _num_sms(index)
         want_warps = 32 * n_sm
         # smaller tiles only to spread a small grid over the SMs (the warp count of the
@@ -353,6 +367,7 @@ def _lam_args(lam: torch.Tensor | None, mu: torch.Tensor):
     return lam, lam.stride(0), lam.stride(1), lam.stride(2), True
 
 
+@functools.lru_cache(maxsize=64)
 def _log_prior_scale(prior_scale: float) -> float:
     # the reference computes log(prior_scale) in float32 (float64 values round to it)
     return float(torch.log(torch.tensor(float(prior_scale), dtype=torch.float32)))
