@@ -79,7 +79,7 @@ def gemm_flops(B, d, device):
     return 2 * B * d * d / seconds
 
 
-def run(device, shapes, sklearn_rows, repeats, max_iter):
+def run(device, shapes, sklearn_rows, repeats, max_iter, clock=time.perf_counter):
     torch.backends.cuda.matmul.allow_tf32 = False
     rows_out = []
     backend = vsc_kernels.resolve_backend(None, device.type)
@@ -99,7 +99,7 @@ def run(device, shapes, sklearn_rows, repeats, max_iter):
             results = {name: call() for name, call in calls.items()}  # warm-up, iterations
             # interleaved rounds: load on a shared machine hits every provider alike
             times = common.time_interleaved(calls, device, rounds=repeats, round_seconds=0.0,
-                                            warmup=0)
+                                            warmup=0, clock=clock)
             for name in calls:
                 result = results[name] if name != "numpy" else None
                 iterations = (result.n_iter.float().mean().item() if result is not None
@@ -176,12 +176,18 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--max-iter", type=int, default=500,
                         help="iteration cap (500 as in the issue; less for slow CPUs)")
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU)")
+    parser.add_argument("--cpu-time", action="store_true",
+                        help="time with the process CPU time (steadier with --threads 1)")
     parser.add_argument("--out", default=None, help="results folder (default bench/results)")
     parser.add_argument("--no-save", action="store_true")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     shapes = [(2000, 256, 256), (1024, 1024, 256)] if args.quick else SHAPES
-    rows = run(device, shapes, args.sklearn_rows, args.repeats, args.max_iter)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    rows = run(device, shapes, args.sklearn_rows, args.repeats, args.max_iter,
+               clock=time.process_time if args.cpu_time else time.perf_counter)
     common.print_table(rows, [
         ("B", "B", "d"), ("d", "d", "d"), ("D", "D", "d"), ("mode", "mode", "s"),
         ("provider", "provider", "s"), ("time_s", "s", ".3f"),
@@ -192,6 +198,8 @@ def main(argv=None):
     if not args.no_save:
         payload = {"op": "fista", "environment": common.environment(device), "lam": LAM,
                    "dtype": "float32", "max_iter": args.max_iter, "quick": args.quick,
+                   "threads": torch.get_num_threads(),
+                   "clock": "process_time" if args.cpu_time else "perf_counter",
                    "results": rows}
         name = common.result_name("fista", args.quick)
         print(f"wrote {common.write_results(name, device, payload, directory=args.out)}")

@@ -29,6 +29,7 @@ import argparse
 import functools
 import math
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -146,6 +147,10 @@ COLUMNS = [
 ]
 
 
+def _clock(args):
+    return time.process_time if args.cpu_time else time.perf_counter
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="fp32 only, fewer rounds")
@@ -154,6 +159,9 @@ def main(argv=None):
     parser.add_argument("--methods", nargs="+", default=None, choices=list(METHODS))
     parser.add_argument("--rounds", type=int, default=None, help="interleaved timing rounds")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU)")
+    parser.add_argument("--cpu-time", action="store_true",
+                        help="time with the process CPU time (steadier with --threads 1 on a "
+                             "busy machine)")
     parser.add_argument("--out", default=None, help="results folder (default bench/results)")
     parser.add_argument("--no-save", action="store_true")
     args = parser.parse_args(argv)
@@ -166,10 +174,12 @@ def main(argv=None):
           f"{vsc_kernels.resolve_backend(None, device.type)}; load {common.load_average()}")
     rounds = args.rounds or (5 if args.quick else 11)
     rows = common.run_cases(cases(device, args.quick, args.dtypes, args.methods), device,
-                            rounds=rounds)
+                            rounds=rounds, clock=_clock(args))
     common.print_table(rows, COLUMNS)
     if not args.no_save:
-        result = common.payload("linear_elbo", device, rows, quick=args.quick, rounds=rounds,
+        result = common.payload("linear_elbo", device, rows, quick=args.quick,
+                                clock="process_time" if args.cpu_time else "perf_counter",
+                                threads=torch.get_num_threads(), rounds=rounds,
                                 lam=LAM, base="laplace", z_density="about 0.1 (Laplace codes, "
                                 "lam = ln 10)", kl="(B, J), no grad",
                                 requires_grad=["z", "A"], tf32=False)

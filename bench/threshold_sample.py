@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import functools
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -133,6 +134,10 @@ COLUMNS = [
 ]
 
 
+def _clock(args):
+    return time.process_time if args.cpu_time else time.perf_counter
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true",
@@ -141,6 +146,9 @@ def main(argv=None):
     parser.add_argument("--dtypes", nargs="+", default=None, choices=list(DTYPES))
     parser.add_argument("--rounds", type=int, default=None, help="interleaved timing rounds")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU)")
+    parser.add_argument("--cpu-time", action="store_true",
+                        help="time with the process CPU time (steadier with --threads 1 on a "
+                             "busy machine)")
     parser.add_argument("--out", default=None, help="results folder (default bench/results)")
     parser.add_argument("--no-save", action="store_true")
     args = parser.parse_args(argv)
@@ -152,10 +160,13 @@ def main(argv=None):
           f"({source}); backend: {vsc_kernels.resolve_backend(None, device.type)}; "
           f"load {common.load_average()}")
     rounds = args.rounds or (7 if args.quick else 15)
-    rows = common.run_cases(cases(device, args.quick, args.dtypes), device, rounds=rounds)
+    rows = common.run_cases(cases(device, args.quick, args.dtypes), device, rounds=rounds,
+                            clock=_clock(args))
     common.print_table(rows, COLUMNS)
     if not args.no_save:
         result = common.payload("threshold_sample", device, rows, quick=args.quick,
+                                clock="process_time" if args.cpu_time else "perf_counter",
+                                threads=torch.get_num_threads(),
                                 rounds=rounds, bandwidth_limit_GBps=limit / 1e9,
                                 bandwidth_limit_source=source, lam=LAM, base="laplace",
                                 estimator="straight")
