@@ -131,7 +131,8 @@ COLUMNS = [
 
 
 def _clock(args):
-    return time.process_time if args.cpu_time else time.perf_counter
+    common.CLOCK = time.process_time if args.cpu_time else time.perf_counter
+    return common.CLOCK
 
 
 def main(argv=None):
@@ -150,6 +151,7 @@ def main(argv=None):
     parser.add_argument("--out", default=None, help="results folder (default bench/results)")
     parser.add_argument("--no-save", action="store_true")
     args = parser.parse_args(argv)
+    clock = _clock(args)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -159,7 +161,7 @@ def main(argv=None):
           f"load {common.load_average()}")
     rounds = args.rounds or (7 if args.quick else 15)
     rows = common.run_cases(cases(device, args.quick, args.dtypes, args.methods), device,
-                            rounds=rounds, clock=_clock(args))
+                            rounds=rounds, clock=clock)
     common.print_table(rows, COLUMNS)
     if not args.no_save:
         result = common.payload("elbo_select", device, rows, quick=args.quick,

@@ -148,7 +148,8 @@ COLUMNS = [
 
 
 def _clock(args):
-    return time.process_time if args.cpu_time else time.perf_counter
+    common.CLOCK = time.process_time if args.cpu_time else time.perf_counter
+    return common.CLOCK
 
 
 def main(argv=None):
@@ -165,6 +166,7 @@ def main(argv=None):
     parser.add_argument("--out", default=None, help="results folder (default bench/results)")
     parser.add_argument("--no-save", action="store_true")
     args = parser.parse_args(argv)
+    clock = _clock(args)
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.backends.cuda.matmul.allow_tf32 = False
@@ -174,7 +176,7 @@ def main(argv=None):
           f"{vsc_kernels.resolve_backend(None, device.type)}; load {common.load_average()}")
     rounds = args.rounds or (5 if args.quick else 11)
     rows = common.run_cases(cases(device, args.quick, args.dtypes, args.methods), device,
-                            rounds=rounds, clock=_clock(args))
+                            rounds=rounds, clock=clock)
     common.print_table(rows, COLUMNS)
     if not args.no_save:
         result = common.payload("linear_elbo", device, rows, quick=args.quick,

@@ -116,6 +116,7 @@ def main(argv=None):
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     clock = time.process_time if args.cpu_time else time.perf_counter
+    common.CLOCK = clock
     rounds = 9 if args.quick else args.rounds
     print(f"device: {common.device_name(device)}; backend: "
           f"{vsc_kernels.resolve_backend(None, device.type)}; load {common.load_average()}; "

@@ -135,7 +135,8 @@ COLUMNS = [
 
 
 def _clock(args):
-    return time.process_time if args.cpu_time else time.perf_counter
+    common.CLOCK = time.process_time if args.cpu_time else time.perf_counter
+    return common.CLOCK
 
 
 def main(argv=None):
@@ -152,6 +153,7 @@ def main(argv=None):
     parser.add_argument("--out", default=None, help="results folder (default bench/results)")
     parser.add_argument("--no-save", action="store_true")
     args = parser.parse_args(argv)
+    clock = _clock(args)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -161,7 +163,7 @@ def main(argv=None):
           f"load {common.load_average()}")
     rounds = args.rounds or (7 if args.quick else 15)
     rows = common.run_cases(cases(device, args.quick, args.dtypes), device, rounds=rounds,
-                            clock=_clock(args))
+                            clock=clock)
     common.print_table(rows, COLUMNS)
     if not args.no_save:
         result = common.payload("threshold_sample", device, rows, quick=args.quick,

@@ -18,27 +18,15 @@
 #include <vector>
 
 #include "cpu_kernels.h"
+#include "cpu_memory.h"
 #include "selection.h"
 
 namespace vsc {
 namespace {
 
-bool is_supported_float(at::ScalarType t) {
-  return t == at::kFloat || t == at::kDouble || t == at::kHalf || t == at::kBFloat16;
-}
-
 at::ScalarType compute_type(const at::Tensor& x, const at::Tensor& x_hat) {
   return (x.scalar_type() == at::kDouble || x_hat.scalar_type() == at::kDouble) ? at::kDouble
                                                                                  : at::kFloat;
-}
-
-cpu::Dtype dtype_of(at::ScalarType t) {
-  switch (t) {
-    case at::kFloat: return cpu::Dtype::kFloat;
-    case at::kDouble: return cpu::Dtype::kDouble;
-    case at::kHalf: return cpu::Dtype::kHalf;
-    default: return cpu::Dtype::kBFloat16;
-  }
 }
 
 void check_inputs(const at::Tensor& x, const at::Tensor& x_hat) {
@@ -109,8 +97,7 @@ std::tuple<at::Tensor, std::optional<at::Tensor>> elbo_select_backward(
   TORCH_CHECK(grad_sq_err.dim() == 2 && grad_sq_err.size(0) == B && grad_sq_err.size(1) == J,
               "elbo_select: grad_sq_err must have shape (B, J) = (", B, ", ", J, "), got ",
               grad_sq_err.sizes());
-  at::Tensor grad_xh =
-      at::empty({B, J, F}, x_hat.options().memory_format(at::MemoryFormat::Contiguous));
+  at::Tensor grad_xh = empty_output({B, J, F}, x_hat.options());
   at::Tensor grad_xc;
   if (need_x) grad_xc = at::empty({B, F}, x.options().dtype(compute));
   if (B > 0 && F > 0) {

@@ -23,6 +23,7 @@
 #include <c10/core/GradMode.h>
 
 #include "cpu_kernels.h"
+#include "cpu_memory.h"
 #include "selection.h"
 #include "sparse_decode.h"
 
@@ -31,15 +32,6 @@ namespace {
 
 // Above this fraction of non-zeros the chunk goes through the dense GEMM.
 constexpr double kSparseDensity = 0.25;
-
-cpu::Dtype dtype_of(at::ScalarType t) {
-  switch (t) {
-    case at::kFloat: return cpu::Dtype::kFloat;
-    case at::kDouble: return cpu::Dtype::kDouble;
-    case at::kHalf: return cpu::Dtype::kHalf;
-    default: return cpu::Dtype::kBFloat16;
-  }
-}
 
 void check_shapes(const at::Tensor& x, const at::Tensor& z, const at::Tensor& A) {
   TORCH_CHECK(x.dim() == 2, "linear_elbo: x must be (B, D), got ", x.sizes());

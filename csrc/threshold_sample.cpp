@@ -16,6 +16,7 @@
 #include <c10/util/Exception.h>
 
 #include "cpu_kernels.h"
+#include "cpu_memory.h"
 #include "philox.h"
 
 namespace vsc {
@@ -36,19 +37,6 @@ int parse_estimator(const std::string& estimator) {
                     "threshold_sample: estimator must be 'straight', 'subgradient' or "
                     "'straight_shift', got '",
                     estimator, "'");
-}
-
-bool is_supported_float(at::ScalarType t) {
-  return t == at::kFloat || t == at::kDouble || t == at::kHalf || t == at::kBFloat16;
-}
-
-cpu::Dtype dtype_of(at::ScalarType t) {
-  switch (t) {
-    case at::kFloat: return cpu::Dtype::kFloat;
-    case at::kDouble: return cpu::Dtype::kDouble;
-    case at::kHalf: return cpu::Dtype::kHalf;
-    default: return cpu::Dtype::kBFloat16;
-  }
 }
 
 // lam: None (the scalar lam_value) or an (M, J, d) view read through its strides. A view
@@ -166,7 +154,7 @@ std::tuple<at::Tensor, std::optional<at::Tensor>> threshold_sample_forward(
   const at::ScalarType compute = compute_type_of(mu.scalar_type());
   const at::Tensor lam = lam_in_compute_type(lam_opt, M, J, d, compute);
 
-  at::Tensor z = at::empty({M, J, d}, mu.options().memory_format(at::MemoryFormat::Contiguous));
+  at::Tensor z = empty_output({M, J, d}, mu.options());
   std::optional<at::Tensor> kl;
   cpu::ThresholdArgs args = make_args(mu, logb, lam, lam_value, st, J, base_e, warmup,
                                       prior_scale);
@@ -222,7 +210,7 @@ std::tuple<at::Tensor, at::Tensor, std::optional<at::Tensor>> threshold_sample_b
   at::Tensor grad_mu = at::empty({M, d}, mu.options().memory_format(at::MemoryFormat::Contiguous));
   at::Tensor grad_logb = at::empty({M, d}, mu.options().memory_format(at::MemoryFormat::Contiguous));
   std::optional<at::Tensor> grad_lam;
-  if (lam_requires_grad) grad_lam = at::empty({M, J, d}, mu.options().dtype(compute));
+  if (lam_requires_grad) grad_lam = empty_output({M, J, d}, mu.options().dtype(compute));
 
   cpu::ThresholdArgs args = make_args(mu, logb, lam, lam_value, st, J, base_e, warmup,
                                       prior_scale);

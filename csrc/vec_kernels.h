@@ -833,10 +833,117 @@ inline void add_rows(T* __restrict acc, int64_t n, const T* __restrict dense,
   }
 }
 
+// Sparse codes against an A^T larger than the L2 cache: reading a whole row of A^T per
+// non-zero (the row-wise path below) streams A^T from memory again for every sample row.
+// Here a block of kBlockRows sample rows has its non-zeros sorted by code index k (stable,
+// so rows stay in order), and the D columns are processed in tiles of kTile: each row of
+// A^T is then read once per block and tile and added to all the block's rows that use it
+// (their accumulators, kBlockRows x kTile, stay in L2). Same sums as the row-wise path:
+// rec[f] = sum over k ascending of z_k A^T[k, f].
+constexpr int64_t kBlockRows = 128;
+constexpr int64_t kTile = 256;
+
+template <typename S, typename T>
+void linear_rows_blocked(const LinearArgs& a) {
+  using V = Vectorized<T>;
+  const int64_t d = a.d, D = a.D;
+  const S* z = static_cast<const S*>(a.z);
+  const T* x = static_cast<const T*>(a.x);
+  const T* At = static_cast<const T*>(a.At);
+  T* norms = static_cast<T*>(a.norms);
+  const T* g = static_cast<const T*>(a.g);
+  T* residual = static_cast<T*>(a.residual);
+  const int64_t n_blocks = ceil_div(a.rows, kBlockRows);
+  at::parallel_for(0, n_blocks, 1, [&](int64_t begin, int64_t end) {
+    std::vector<int64_t> offset(static_cast<size_t>(d + 1));
+    std::vector<int64_t> entry_row, row_of, k_of;
+    std::vector<T> entry_val, val_of;
+    std::vector<T> acc(static_cast<size_t>(kBlockRows * kTile));
+    std::vector<T> partial(static_cast<size_t>(kBlockRows));
+    std::vector<int64_t> xrow(static_cast<size_t>(kBlockRows));
+    for (int64_t blk = begin; blk < end; ++blk) {
+      const int64_t r0 = blk * kBlockRows;
+      const int64_t n = std::min(kBlockRows, a.rows - r0);
+      // the block's non-zeros in row order, then counting-sorted by k
+      row_of.clear();
+      k_of.clear();
+      val_of.clear();
+      std::fill(offset.begin(), offset.end(), 0);
+      for (int64_t i = 0; i < n; ++i) {
+        const int64_t row = a.row0 + r0 + i;
+        const int64_t b = a.sel != nullptr ? row : row / a.J;
+        const int64_t j = a.sel != nullptr ? a.sel[row] : row - b * a.J;
+        xrow[i] = b;
+        const S* zr = z + b * a.z_sb + j * a.z_sj;
+        for (int64_t k = 0; k < d; ++k) {
+          const T v = static_cast<T>(zr[k * a.z_sd]);
+          if (v != T(0)) {
+            row_of.push_back(i);
+            k_of.push_back(k);
+            val_of.push_back(v);
+            ++offset[k + 1];
+          }
+        }
+      }
+      for (int64_t k = 0; k < d; ++k) offset[k + 1] += offset[k];
+      const size_t nnz = row_of.size();
+      entry_row.resize(nnz);
+      entry_val.resize(nnz);
+      {
+        std::vector<int64_t> fill(offset.begin(), offset.end() - 1);
+        for (size_t e = 0; e < nnz; ++e) {
+          const int64_t pos = fill[k_of[e]]++;
+          entry_row[pos] = row_of[e];
+          entry_val[pos] = val_of[e];
+        }
+      }
+      std::fill(partial.begin(), partial.begin() + n, T(0));
+      for (int64_t f0 = 0; f0 < D; f0 += kTile) {
+        const int64_t tw = std::min(kTile, D - f0);
+        std::fill(acc.begin(), acc.begin() + n * tw, T(0));
+        for (int64_t k = 0; k < d; ++k) {
+          const T* s = At + k * D + f0;
+          for (int64_t e = offset[k]; e < offset[k + 1]; ++e) {
+            T* accr = acc.data() + entry_row[e] * tw;
+            const V v(entry_val[e]);
+            for (int64_t f = 0; f < tw; f += V::size()) {
+              const int64_t c = std::min<int64_t>(V::size(), tw - f);
+              (V::loadu(accr + f, c) + v * V::loadu(s + f, c)).store(accr + f, c);
+            }
+          }
+        }
+        for (int64_t i = 0; i < n; ++i) {
+          const T* xr = x + xrow[i] * D + f0;
+          const T* rr = acc.data() + i * tw;
+          if (norms != nullptr) {
+            V acc0(T(0)), acc1(T(0));
+            acc0 = sq_err_acc<T>(rr, xr, tw, acc0, acc1);
+            partial[i] += lanes_sum<T>(acc0 + acc1);
+          } else {
+            const V gr(g[r0 + i]);
+            T* out = residual + (r0 + i) * D + f0;
+            for (int64_t f = 0; f < tw; f += V::size()) {
+              const int64_t c = std::min<int64_t>(V::size(), tw - f);
+              ((V::loadu(xr + f, c) - V::loadu(rr + f, c)) * gr).store(out + f, c);
+            }
+          }
+        }
+      }
+      if (norms != nullptr) {
+        for (int64_t i = 0; i < n; ++i) norms[r0 + i] = partial[i];
+      }
+    }
+  });
+}
+
 template <typename S, typename T>
 void linear_rows_impl(const LinearArgs& a) {
   using V = Vectorized<T>;
   const int64_t d = a.d, D = a.D;
+  if (a.rec == nullptr && d * D * static_cast<int64_t>(sizeof(T)) > (int64_t{1} << 20)) {
+    linear_rows_blocked<S, T>(a);
+    return;
+  }
   const S* z = static_cast<const S*>(a.z);
   const T* x = static_cast<const T*>(a.x);
   const T* At = static_cast<const T*>(a.At);

@@ -20,6 +20,7 @@
 #include <ostream>
 #include <type_traits>
 #include <utility>
+#include <vector>
 
 #include <ATen/NumericUtils.h>
 #include <ATen/Parallel.h>

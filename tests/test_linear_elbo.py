@@ -364,6 +364,27 @@ def test_cpp_backward_contract_in_chunks(monkeypatch, density):
             torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.parametrize("method", ["max", "avg"])
+def test_cpp_sparse_codes_against_a_large_dictionary(method):
+    """A^T larger than the L2 cache (here 1.7 MB): the C++ kernel adds the dictionary's
+    rows for blocks of sample rows at once (codes sorted by index, columns in tiles); the
+    results and gradients are the reference's."""
+    require_backend("cpp")
+    g = torch.Generator().manual_seed(0)
+    B, J, d, D = 37, 3, 700, 600
+    z = torch.randn(B, J, d, generator=g) * (torch.rand(B, J, d, generator=g) < 0.1)
+    A = torch.randn(D, d, generator=g) / d ** 0.5
+    x = torch.randn(B, D, generator=g)
+    grads = []
+    for backend in ("cpp", "reference"):
+        leaves = [z.clone().requires_grad_(), A.clone().requires_grad_()]
+        out = linear_elbo(x, *leaves, method=method, backend=backend)
+        out.loss.backward()
+        grads.append((out.per_sample,) + tuple(t.grad for t in leaves))
+    for got, want, name in zip(*grads, ("per_sample", "grad z", "grad A")):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4, msg=name)
+
+
 class _LargestTensor(TorchDispatchMode):
     """Records the largest floating-point tensor any ATen op creates while active (the
     Triton interpreter's byte copies of argument storages, uint8, are not data)."""
