@@ -1,13 +1,9 @@
-// Shared helpers of the op files: dtype mapping for the kernel table and large outputs.
+// Shared helpers of the op files: dtype mapping for the kernel table, output allocation.
 #pragma once
 
 #include <cstdint>
 
 #include <ATen/ATen.h>
-
-#if defined(__linux__)
-#include <sys/mman.h>
-#endif
 
 #include "cpu_kernels.h"
 
@@ -26,24 +22,12 @@ inline cpu::Dtype dtype_of(at::ScalarType t) {
   }
 }
 
-// at::empty for an output the kernel writes in full. A large fresh allocation is mapped
-// lazily by the kernel, 4 KB page by page on first touch (for a 335 MB output about
-// 190 ms of page faults on one core, more than the kernel itself); asking for
-// transparent huge pages on it (Linux, THP in "madvise" mode) cuts that about three-fold.
-// Harmless where THP is off or the memory is already mapped.
+// at::empty, contiguous, for an output the kernel writes in full. (Transparent huge pages
+// for large outputs -- madvise(MADV_HUGEPAGE) -- cut the first-touch page faults three-fold
+// in isolation but stalled in direct compaction on the shared machine, 2.3x slower: not
+// used.)
 inline at::Tensor empty_output(at::IntArrayRef sizes, const at::TensorOptions& options) {
-  at::Tensor out = at::empty(sizes, options.memory_format(at::MemoryFormat::Contiguous));
-#if defined(__linux__) && defined(MADV_HUGEPAGE)
-  constexpr uintptr_t kHuge = uintptr_t{2} << 20;
-  const uintptr_t begin = reinterpret_cast<uintptr_t>(out.data_ptr());
-  const uintptr_t end = begin + static_cast<uintptr_t>(out.nbytes());
-  const uintptr_t first = (begin + kHuge - 1) & ~(kHuge - 1);
-  const uintptr_t last = end & ~(kHuge - 1);
-  if (out.nbytes() >= (uintptr_t{8} << 20) && last > first) {
-    madvise(reinterpret_cast<void*>(first), last - first, MADV_HUGEPAGE);
-  }
-#endif
-  return out;
+  return at::empty(sizes, options.memory_format(at::MemoryFormat::Contiguous));
 }
 
 }  // namespace vsc
