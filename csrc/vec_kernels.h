@@ -840,8 +840,8 @@ inline void add_rows(T* __restrict acc, int64_t n, const T* __restrict dense,
 // A^T is then read once per block and tile and added to all the block's rows that use it
 // (their accumulators, kBlockRows x kTile, stay in L2). Same sums as the row-wise path:
 // rec[f] = sum over k ascending of z_k A^T[k, f].
-constexpr int64_t kBlockRows = 128;
-constexpr int64_t kTile = 256;
+constexpr int64_t kBlockRows = 64;
+constexpr int64_t kTile = 64;
 
 template <typename S, typename T>
 void linear_rows_blocked(const LinearArgs& a) {
@@ -854,6 +854,18 @@ void linear_rows_blocked(const LinearArgs& a) {
   const T* g = static_cast<const T*>(a.g);
   T* residual = static_cast<T*>(a.residual);
   const int64_t n_blocks = ceil_div(a.rows, kBlockRows);
+  // A^T copied tile-major, tiles[t][k][0, kTile): the rows of one tile are contiguous, so
+  // the loop over k streams them in order (one pass over A^T, once per call).
+  const int64_t n_tiles = ceil_div(D, kTile);
+  std::vector<T> tiles(static_cast<size_t>(n_tiles * d * kTile));
+  at::parallel_for(0, n_tiles, 1, [&](int64_t t_begin, int64_t t_end) {
+    for (int64_t t = t_begin; t < t_end; ++t) {
+      const int64_t f0 = t * kTile, tw = std::min(kTile, D - f0);
+      for (int64_t k = 0; k < d; ++k) {
+        std::copy(At + k * D + f0, At + k * D + f0 + tw, tiles.data() + (t * d + k) * kTile);
+      }
+    }
+  });
   at::parallel_for(0, n_blocks, 1, [&](int64_t begin, int64_t end) {
     std::vector<int64_t> offset(static_cast<size_t>(d + 1));
     std::vector<int64_t> entry_row, row_of, k_of;
@@ -901,8 +913,9 @@ void linear_rows_blocked(const LinearArgs& a) {
       for (int64_t f0 = 0; f0 < D; f0 += kTile) {
         const int64_t tw = std::min(kTile, D - f0);
         std::fill(acc.begin(), acc.begin() + n * tw, T(0));
+        const T* tile = tiles.data() + (f0 / kTile) * d * kTile;
         for (int64_t k = 0; k < d; ++k) {
-          const T* s = At + k * D + f0;
+          const T* s = tile + k * kTile;
           for (int64_t e = offset[k]; e < offset[k + 1]; ++e) {
             T* accr = acc.data() + entry_row[e] * tw;
             const V v(entry_val[e]);
