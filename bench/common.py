@@ -6,12 +6,15 @@ the hardware limit reached, so that anyone can check a speed claim.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import platform
 import statistics
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -38,9 +41,14 @@ def synchronize(device: torch.device):
         torch.cuda.synchronize(device)
 
 
+# The clock of time_call (the hardware-limit measurements): scripts run with --cpu-time set
+# it to time.process_time, so that limits and timings are measured alike.
+CLOCK = time.perf_counter
+
+
 def time_call(fn, device: torch.device, *, warmup: int = 3, repeats: int = 20,
               min_seconds: float = 0.2) -> float:
-    """Median wall time of ``fn()`` in seconds (CUDA events on the GPU)."""
+    """Median time of ``fn()`` in seconds (:data:`CLOCK`; CUDA events on the GPU)."""
     for _ in range(warmup):
         fn()
     synchronize(device)
@@ -56,10 +64,59 @@ def time_call(fn, device: torch.device, *, warmup: int = 3, repeats: int = 20,
             end.synchronize()
             samples.append(start.elapsed_time(end) / 1e3)
         else:
-            t0 = time.perf_counter()
+            t0 = CLOCK()
             fn()
-            samples.append(time.perf_counter() - t0)
+            samples.append(CLOCK() - t0)
     return statistics.median(samples)
+
+
+def time_interleaved(calls: dict, device: torch.device, *, rounds: int = 15,
+                     round_seconds: float = 0.02, warmup: int = 2,
+                     clock=time.perf_counter) -> dict[str, float]:
+    """Median seconds per call of each of ``calls`` (name -> zero-argument callable),
+    measured in interleaved rounds: every round times each call in turn (a batch of
+    calls sized to about ``round_seconds``), so that a change of load on a shared machine
+    hits every provider alike. CUDA: events around each batch. ``clock``: wall time by
+    default; ``time.process_time`` (CPU time of the process) is steadier for single-thread
+    runs on a loaded machine."""
+    for fn in calls.values():
+        for _ in range(warmup):
+            fn()
+    synchronize(device)
+    batch = {}
+    for name, fn in calls.items():  # calibrate the batch size from one timed call
+        t0 = time.perf_counter()
+        fn()
+        synchronize(device)
+        once = max(time.perf_counter() - t0, 1e-7)
+        batch[name] = max(1, min(10_000, int(round_seconds / once)))
+    samples = {name: [] for name in calls}
+    for _ in range(rounds):
+        for name, fn in calls.items():
+            n = batch[name]
+            if device.type == "cuda":
+                start = torch.cuda.Event(enable_timing=True)
+                end = torch.cuda.Event(enable_timing=True)
+                start.record()
+                for _ in range(n):
+                    fn()
+                end.record()
+                end.synchronize()
+                samples[name].append(start.elapsed_time(end) / 1e3 / n)
+            else:
+                t0 = clock()
+                for _ in range(n):
+                    fn()
+                samples[name].append((clock() - t0) / n)
+    return {name: statistics.median(v) for name, v in samples.items()}
+
+
+def load_average() -> list[float] | None:
+    """``uptime``'s 1, 5 and 15 minute load averages (None where unavailable)."""
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except OSError:
+        return None
 
 
 def peak_memory(fn, device: torch.device) -> int | None:
@@ -101,7 +158,25 @@ def environment(device: torch.device) -> dict:
         "cpu_threads": torch.get_num_threads(),
         "host": platform.node(),
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "load_average": load_average(),
+        "cpu_count": os.cpu_count(),
     }
+    try:
+        from vsc_kernels import _extension
+
+        ext = _extension.load_extension() if device.type == "cpu" else None
+        info["cpp_kernels"] = (ext.cpu_capability() if ext is not None
+                               and hasattr(ext, "cpu_capability") else None)
+    except Exception:  # noqa: BLE001 - the record is informative only
+        info["cpp_kernels"] = None
+    try:
+        import subprocess
+
+        info["git_commit"] = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+            cwd=Path(__file__).resolve().parent, timeout=10).stdout.strip() or None
+    except Exception:  # noqa: BLE001
+        info["git_commit"] = None
     try:
         import triton
 
@@ -113,9 +188,11 @@ def environment(device: torch.device) -> dict:
     return info
 
 
-def write_results(name: str, device: torch.device, payload: dict) -> Path:
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    path = RESULTS_DIR / f"{name}_{device.type}.json"
+def write_results(name: str, device: torch.device, payload: dict, *,
+                  directory: Path | None = None) -> Path:
+    directory = RESULTS_DIR if directory is None else Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"{name}_{device.type}.json"
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(payload, indent=2) + "\n")
     os.replace(tmp, path)
@@ -143,3 +220,97 @@ def print_table(rows: list[dict], columns: list[tuple[str, str, str]]):
     print("  ".join(h.rjust(w) for h, w in zip(headers, widths)))
     for c in cells:
         print("  ".join(v.rjust(w) for v, w in zip(c, widths)))
+
+
+# --------------------------------------------------------------------------------------
+# Cases: one benchmark group (op, shape, dtype, mode) timed for every provider in it.
+# The op scripts build them; run_cases prints the tables, bench/test_bench.py runs the
+# same cases under pytest-benchmark.
+# --------------------------------------------------------------------------------------
+
+BASELINES = ("eager", "compiled")
+
+
+@dataclass
+class Case:
+    """The same work done by several providers.
+
+    ``build()`` allocates the inputs and returns ``{provider: zero-argument call}``;
+    ``work`` is what one call must move or compute (``unit``: ``"bytes"`` -> GB/s, or
+    ``"flops"`` -> TFLOP/s) and ``limit()`` the hardware limit in the same unit per second
+    with its source. Speedups are against the ``baselines`` present in the group.
+    """
+
+    op: str
+    params: dict
+    providers: tuple[str, ...]
+    build: Callable[[], dict]
+    work: float | None
+    unit: str
+    limit: Callable[[], tuple[float, str]] | None = None
+    baselines: tuple[str, ...] = BASELINES
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def group(self) -> str:
+        return self.op + " " + " ".join(f"{k}={v}" for k, v in self.params.items())
+
+
+def row_for(case: Case, provider: str, seconds: float) -> dict:
+    """One result row: the case's parameters, the time, throughput and fraction of limit."""
+    row = {**case.params, "provider": provider, "time_ms": seconds * 1e3}
+    if case.work is not None:
+        per_second = case.work / seconds
+        if case.unit == "bytes":
+            row["effective_GBps"] = per_second / 1e9
+        else:
+            row["TFLOPs"] = per_second / 1e12
+        if case.limit is not None:
+            limit, source = case.limit()
+            row["fraction_of_limit"] = per_second / limit
+            row["limit"] = limit
+            row["limit_source"] = source
+    row.update(case.extra)
+    return row
+
+
+def add_case_speedups(rows: list[dict], case: Case) -> list[dict]:
+    times = {r["provider"]: r["time_ms"] for r in rows}
+    for row in rows:
+        for baseline in case.baselines:
+            if baseline in times:
+                row[f"speedup_vs_{baseline}"] = times[baseline] / row["time_ms"]
+    return rows
+
+
+def run_cases(cases: list[Case], device: torch.device, *, rounds: int = 15,
+              round_seconds: float = 0.02, verbose: bool = True,
+              clock=time.perf_counter) -> list[dict]:
+    """Times every case's providers interleaved (see :func:`time_interleaved`) and returns
+    one row per (case, provider) with speedups against the case's baselines."""
+    rows = []
+    for case in cases:
+        calls = case.build()
+        seconds = time_interleaved(calls, device, rounds=rounds, round_seconds=round_seconds,
+                                   clock=clock)
+        case_rows = [row_for(case, name, seconds[name]) for name in calls]
+        rows.extend(add_case_speedups(case_rows, case))
+        if verbose:
+            best = {name: f"{s * 1e3:.3f} ms" for name, s in seconds.items()}
+            print(f"  {case.group}: {best}", flush=True)
+        del calls
+    return rows
+
+
+@functools.lru_cache(maxsize=None)
+def cached_bandwidth_limit(device_str: str) -> tuple[float, str]:
+    return bandwidth_limit(torch.device(device_str))
+
+
+def payload(op: str, device: torch.device, rows: list[dict], **extra) -> dict:
+    """A result file: the op, the environment (device, versions, load), the rows."""
+    return {"op": op, "environment": environment(device), **extra, "results": rows}
+
+
+def result_name(op: str, quick: bool) -> str:
+    return f"{op}_quick" if quick else op

@@ -17,14 +17,19 @@ copy bandwidth elsewhere).
 Shapes ``(B, J, F)``: the paper's linear-generator size, a CelebA decoder output
 (3 x 64 x 64) and an FMNIST one (28 x 28).
 
+Providers of a group are timed in interleaved rounds (median), so that load on a shared
+machine hits them alike.
+
     python bench/elbo_select.py            # every shape, fp32 and bf16, max and avg
-    python bench/elbo_select.py --quick    # the first shape only (not saved)
+    python bench/elbo_select.py --quick    # the paper's and the CelebA shape, fp32, max
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -40,20 +45,24 @@ SHAPES = [  # (B, J, F)
     (512, 10, 3 * 64 * 64),
     (512, 20, 28 * 28),
 ]
+QUICK_SHAPES = SHAPES[:2]
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 METHODS = ["max", "avg"]
+MODES = ("forward", "forward+backward")
 BETA = 1.0
 
 
-def providers(method):
-    def ours(x, x_hat, kl):
-        return vsc_kernels.elbo_select(x, x_hat, kl, beta=BETA, method=method).loss
+def _ours(x, x_hat, kl, method):
+    return vsc_kernels.elbo_select(x, x_hat, kl, beta=BETA, method=method).loss
 
-    def eager(x, x_hat, kl):
-        return reference.elbo_select(x, x_hat, kl, beta=BETA, method=method).loss
 
-    return {"vsc_kernels": ours, "eager": eager,
-            "compiled": torch.compile(eager, dynamic=False)}
+def _eager(x, x_hat, kl, method):
+    return reference.elbo_select(x, x_hat, kl, beta=BETA, method=method).loss
+
+
+@functools.lru_cache(maxsize=None)
+def _compiled(method):
+    return torch.compile(functools.partial(_eager, method=method), dynamic=False)
 
 
 def bytes_moved(B, J, F, element_size, method, mode):
@@ -63,74 +72,107 @@ def bytes_moved(B, J, F, element_size, method, mode):
     return forward if mode == "forward" else forward + backward
 
 
-def run(device, shapes, dtypes, methods, repeats):
-    limit, limit_source = common.bandwidth_limit(device)
-    print(f"device: {common.device_name(device)}; hardware limit {limit / 1e9:.1f} GB/s "
-          f"({limit_source}); backend: {vsc_kernels.resolve_backend(None, device.type)}")
-    rows = []
-    for B, J, F in shapes:
+@functools.lru_cache(maxsize=1)
+def _inputs(B, J, F, dtype_name, device_str):
+    device = torch.device(device_str)
+    dtype = DTYPES[dtype_name]
+    g = torch.Generator(device=device).manual_seed(0)
+    x = torch.randn(B, F, device=device, generator=g).to(dtype)
+    x_hat = (x[:, None] + 0.3 * torch.randn(B, J, F, device=device, generator=g)).to(dtype)
+    kl = torch.rand(B, J, device=device, generator=g)
+    return x, x_hat.requires_grad_(), kl
+
+
+def _forward(fn, x, x_hat, kl):
+    with torch.no_grad():
+        return fn(x, x_hat, kl)
+
+
+def _forward_backward(fn, x, x_hat, kl):
+    fn(x, x_hat, kl).backward()
+    x_hat.grad = None
+
+
+def cases(device: torch.device, quick: bool = False, dtypes=None, methods=None):
+    dtypes = dtypes or (["fp32"] if quick else list(DTYPES))
+    methods = methods or (["max"] if quick else METHODS)
+    out = []
+    for B, J, F in (QUICK_SHAPES if quick else SHAPES):
         for dtype_name in dtypes:
-            dtype = DTYPES[dtype_name]
-            torch._dynamo.reset()
-            g = torch.Generator(device=device).manual_seed(0)
-            x = torch.randn(B, F, device=device, generator=g).to(dtype)
-            x_hat = (x[:, None] + 0.3 * torch.randn(B, J, F, device=device, generator=g)).to(dtype)
-            x_hat.requires_grad_()
-            kl = torch.rand(B, J, device=device, generator=g)
+            element = torch.finfo(DTYPES[dtype_name]).bits // 8
             for method in methods:
-                for name, fn in providers(method).items():
-                    def forward(fn=fn):
-                        with torch.no_grad():
-                            return fn(x, x_hat, kl)
+                for mode in MODES:
+                    def build(B=B, J=J, F=F, dtype_name=dtype_name, method=method, mode=mode):
+                        x, x_hat, kl = _inputs(B, J, F, dtype_name, str(device))
+                        fns = {"eager": functools.partial(_eager, method=method),
+                               "compiled": _compiled(method),
+                               "vsc_kernels": functools.partial(_ours, method=method)}
+                        step = _forward if mode == "forward" else _forward_backward
+                        return {name: functools.partial(step, fn, x, x_hat, kl)
+                                for name, fn in fns.items()}
 
-                    def forward_backward(fn=fn):
-                        fn(x, x_hat, kl).backward()
-                        x_hat.grad = None
+                    out.append(common.Case(
+                        op="elbo_select",
+                        params={"B": B, "J": J, "F": F, "dtype": dtype_name, "method": method,
+                                "mode": mode},
+                        providers=("eager", "compiled", "vsc_kernels"), build=build,
+                        work=bytes_moved(B, J, F, element, method, mode), unit="bytes",
+                        limit=functools.partial(common.cached_bandwidth_limit, str(device))))
+    return out
 
-                    for mode, call in (("forward", forward),
-                                       ("forward+backward", forward_backward)):
-                        seconds = common.time_call(call, device, repeats=repeats)
-                        moved = bytes_moved(B, J, F, x_hat.element_size(), method, mode)
-                        peak = common.peak_memory(call, device)
-                        rows.append({
-                            "B": B, "J": J, "F": F, "dtype": dtype_name, "method": method,
-                            "mode": mode, "provider": name, "time_ms": seconds * 1e3,
-                            "effective_GBps": moved / seconds / 1e9,
-                            "fraction_of_limit": moved / seconds / limit,
-                            "peak_memory_MB": None if peak is None else peak / 2**20,
-                        })
-    common.add_speedups(rows, ("B", "J", "F", "dtype", "method", "mode"), ("eager", "compiled"))
-    return rows, limit, limit_source
+
+COLUMNS = [
+    ("B", "B", "d"), ("J", "J", "d"), ("F", "F", "d"), ("dtype", "dtype", "s"),
+    ("method", "method", "s"), ("mode", "mode", "s"), ("provider", "provider", "s"),
+    ("time_ms", "ms", ".3f"), ("effective_GBps", "GB/s", ".1f"),
+    ("fraction_of_limit", "of limit", ".1%"), ("speedup_vs_eager", "x eager", ".2f"),
+    ("speedup_vs_compiled", "x compiled", ".2f"),
+]
+
+
+def _clock(args):
+    common.CLOCK = time.process_time if args.cpu_time else time.perf_counter
+    return common.CLOCK
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="the first shape only")
+    parser.add_argument("--quick", action="store_true",
+                        help="the paper's and the CelebA shape, fp32, max, fewer rounds")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--dtypes", nargs="+", default=list(DTYPES), choices=list(DTYPES))
-    parser.add_argument("--methods", nargs="+", default=METHODS, choices=["max", "avg", "iwae"])
-    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--dtypes", nargs="+", default=None, choices=list(DTYPES))
+    parser.add_argument("--methods", nargs="+", default=None, choices=["max", "avg", "iwae"])
+    parser.add_argument("--rounds", type=int, default=None, help="interleaved timing rounds")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch.set_num_threads (CPU); default: torch's")
+    parser.add_argument("--cpu-time", action="store_true",
+                        help="time with the process CPU time (steadier with --threads 1 on a "
+                             "busy machine)")
+    parser.add_argument("--out", default=None, help="results folder (default bench/results)")
     parser.add_argument("--no-save", action="store_true")
     args = parser.parse_args(argv)
+    clock = _clock(args)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    shapes = SHAPES[:1] if args.quick else SHAPES
-    rows, limit, limit_source = run(device, shapes, args.dtypes, args.methods, args.repeats)
-    common.print_table(rows, [
-        ("B", "B", "d"), ("J", "J", "d"), ("F", "F", "d"), ("dtype", "dtype", "s"),
-        ("method", "method", "s"), ("mode", "mode", "s"), ("provider", "provider", "s"),
-        ("time_ms", "ms", ".3f"), ("effective_GBps", "GB/s", ".1f"),
-        ("fraction_of_limit", "of limit", ".1%"), ("peak_memory_MB", "peak MB", ".1f"),
-        ("speedup_vs_eager", "x eager", ".2f"), ("speedup_vs_compiled", "x compiled", ".2f"),
-    ])
-    if not args.no_save and not args.quick:
-        payload = {"op": "elbo_select", "environment": common.environment(device),
-                   "bandwidth_limit_GBps": limit / 1e9, "bandwidth_limit_source": limit_source,
-                   "beta": BETA, "kl": "(B, J)", "recon": "sum", "results": rows}
-        print(f"wrote {common.write_results('elbo_select', device, payload)}")
+    limit, source = common.cached_bandwidth_limit(str(device))
+    print(f"device: {common.device_name(device)}; hardware limit {limit / 1e9:.1f} GB/s "
+          f"({source}); backend: {vsc_kernels.resolve_backend(None, device.type)}; "
+          f"load {common.load_average()}")
+    rounds = args.rounds or (7 if args.quick else 15)
+    rows = common.run_cases(cases(device, args.quick, args.dtypes, args.methods), device,
+                            rounds=rounds, clock=clock)
+    common.print_table(rows, COLUMNS)
+    if not args.no_save:
+        result = common.payload("elbo_select", device, rows, quick=args.quick,
+                                clock="process_time" if args.cpu_time else "perf_counter",
+                                threads=torch.get_num_threads(), rounds=rounds,
+                                bandwidth_limit_GBps=limit / 1e9,
+                                bandwidth_limit_source=source, beta=BETA, kl="(B, J)",
+                                recon="sum")
+        name = common.result_name("elbo_select", args.quick)
+        print(f"wrote {common.write_results(name, device, result, directory=args.out)}")
+    return rows
 
 
 if __name__ == "__main__":

@@ -14,13 +14,18 @@ The hardware limit is the measured float32 matrix-multiply throughput of this de
 the same product shape (B x d times d x d), so "of limit" is the fraction of GEMM speed
 each FISTA iteration reaches (an iteration costs 2 B d^2 flops for ``G y``).
 
+With ``d > 2 D`` (the second shape) the C++ solver multiplies by ``A^T`` and ``A`` each
+iteration (``2 B d D`` flops) instead of the Gram matrix (``B d^2``); the throughput column
+still counts the Gram formulation's flops, so it can exceed the GEMM limit there.
+
     python bench/fista.py            # B=16000, d=D=256 and B=4096, d=1024, D=256
-    python bench/fista.py --quick    # B=2000, d=D=256
+    python bench/fista.py --quick    # B=2000, d=D=256 and B=1024, d=1024, D=256
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 import time
 from pathlib import Path
@@ -74,11 +79,12 @@ def gemm_flops(B, d, device):
     return 2 * B * d * d / seconds
 
 
-def run(device, shapes, sklearn_rows, repeats, max_iter):
+def run(device, shapes, sklearn_rows, repeats, max_iter, clock=time.perf_counter):
     torch.backends.cuda.matmul.allow_tf32 = False
     rows_out = []
     backend = vsc_kernels.resolve_backend(None, device.type)
-    print(f"device: {common.device_name(device)}; backend: {backend}")
+    print(f"device: {common.device_name(device)}; backend: {backend}; "
+          f"load {common.load_average()}")
     for B, d, D in shapes:
         x, A = problem(B, d, D, device)
         limit = gemm_flops(B, d, device)
@@ -90,13 +96,15 @@ def run(device, shapes, sklearn_rows, repeats, max_iter):
                                                          backend="reference"),
                 "numpy": lambda: numpy_fista(x_np, A_np, LAM, max_iter, tol),
             }
-            for name, call in calls.items():
-                result = call()  # the warm-up run also gives the iteration counts
-                seconds = common.time_call(call, device, warmup=0, repeats=repeats, min_seconds=0)
-                result = result if name != "numpy" else None
+            results = {name: call() for name, call in calls.items()}  # warm-up, iterations
+            # interleaved rounds: load on a shared machine hits every provider alike
+            times = common.time_interleaved(calls, device, rounds=repeats, round_seconds=0.0,
+                                            warmup=0, clock=clock)
+            for name in calls:
+                result = results[name] if name != "numpy" else None
                 iterations = (result.n_iter.float().mean().item() if result is not None
                               else None)
-                rows_out.append(row(B, d, D, mode, name, seconds, iterations, limit))
+                rows_out.append(row(B, d, D, mode, name, times[name], iterations, limit))
             rows_out[-3]["backend"] = backend
             if sklearn_rows:
                 rows_out.append(sklearn_row(x_np, A_np, B, d, D, mode, max_iter, tol,
@@ -128,6 +136,38 @@ def sklearn_row(x_np, A_np, B, d, D, mode, max_iter, tol, rows, limit):
     return result
 
 
+def cases(device: torch.device, quick: bool = False, max_iter: int = 100) -> list[common.Case]:
+    """pytest-benchmark cases: ``max_iter`` iterations at tol=0 (every row runs them), per
+    shape; providers ``torch_eager`` (the reference, the baseline), ``numpy`` and
+    ``vsc_kernels``. Throughput: the ``2 B d^2`` flops of ``G y`` per iteration (what the
+    Gram-matrix formulation does) against the measured GEMM of that shape."""
+    shapes = [(2000, 256, 256), (1024, 1024, 256)] if quick else SHAPES
+    out = []
+    for B, d, D in shapes:
+        def build(B=B, d=d, D=D):
+            x, A = problem(B, d, D, device)
+            x_np, A_np = x.cpu().numpy(), A.cpu().numpy()
+            return {
+                "torch_eager": lambda: vsc_kernels.fista(x, A, LAM, max_iter=max_iter, tol=0.0,
+                                                         backend="reference"),
+                "numpy": lambda: numpy_fista(x_np, A_np, LAM, max_iter, 0.0),
+                "vsc_kernels": lambda: vsc_kernels.fista(x, A, LAM, max_iter=max_iter, tol=0.0),
+            }
+
+        out.append(common.Case(
+            op="fista", params={"B": B, "d": d, "D": D, "mode": f"{max_iter} iterations"},
+            providers=("torch_eager", "numpy", "vsc_kernels"), build=build,
+            work=2 * B * d * d * max_iter, unit="flops",
+            limit=functools.partial(_gemm_limit, B, d, str(device)),
+            baselines=("torch_eager", "numpy")))
+    return out
+
+
+@functools.lru_cache(maxsize=None)
+def _gemm_limit(B, d, device_str):
+    return gemm_flops(B, d, torch.device(device_str)), f"measured float32 GEMM ({B}x{d})x({d}x{d})"
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true")
@@ -136,10 +176,20 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--max-iter", type=int, default=500,
                         help="iteration cap (500 as in the issue; less for slow CPUs)")
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU)")
+    parser.add_argument("--cpu-time", action="store_true",
+                        help="time with the process CPU time (steadier with --threads 1)")
+    parser.add_argument("--out", default=None, help="results folder (default bench/results)")
+    parser.add_argument("--no-save", action="store_true")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
-    shapes = [(2000, 256, 256)] if args.quick else SHAPES
-    rows = run(device, shapes, args.sklearn_rows, args.repeats, args.max_iter)
+    shapes = [(2000, 256, 256), (1024, 1024, 256)] if args.quick else SHAPES
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.cpu_time:
+        common.CLOCK = time.process_time
+    rows = run(device, shapes, args.sklearn_rows, args.repeats, args.max_iter,
+               clock=time.process_time if args.cpu_time else time.perf_counter)
     common.print_table(rows, [
         ("B", "B", "d"), ("d", "d", "d"), ("D", "D", "d"), ("mode", "mode", "s"),
         ("provider", "provider", "s"), ("time_s", "s", ".3f"),
@@ -147,10 +197,14 @@ def main(argv=None):
         ("fraction_of_gemm", "of GEMM", ".1%"),
         ("speedup_vs_torch_eager", "x eager", ".2f"), ("speedup_vs_numpy", "x numpy", ".2f"),
     ])
-    if not args.quick:
+    if not args.no_save:
         payload = {"op": "fista", "environment": common.environment(device), "lam": LAM,
-                   "dtype": "float32", "max_iter": args.max_iter, "results": rows}
-        print(f"wrote {common.write_results('fista', device, payload)}")
+                   "dtype": "float32", "max_iter": args.max_iter, "quick": args.quick,
+                   "threads": torch.get_num_threads(),
+                   "clock": "process_time" if args.cpu_time else "perf_counter",
+                   "results": rows}
+        name = common.result_name("fista", args.quick)
+        print(f"wrote {common.write_results(name, device, payload, directory=args.out)}")
 
 
 if __name__ == "__main__":

@@ -154,6 +154,32 @@ def suggested_table(crossovers, device_type):
     return table
 
 
+def cases(device: torch.device, quick: bool = False) -> list[common.Case]:
+    """pytest-benchmark cases: forced-sparse ``sparse_decode`` against the dense product at
+    10% density (N = 5120 rows, float32), forward and fwd+bwd."""
+    shapes = [(256, 256)] if quick else SHAPES[:2]
+    out = []
+    for d, D in shapes:
+        for mode in ("forward", "fwd+bwd"):
+            def build(d=d, D=D, mode=mode):
+                z, A, grad_out = make_inputs(5120, d, D, 0.1, torch.float32, device)
+                backend = vsc_kernels.resolve_backend(None, device.type)
+
+                def sparse(z, A):
+                    return vsc_kernels.sparse_decode(z, A, dense_above=1.0, backend=backend)
+
+                return {"dense": modes(lambda z, A: z @ A.T, z, A, grad_out)[mode],
+                        "vsc_kernels": modes(sparse, z, A, grad_out)[mode]}
+
+            out.append(common.Case(
+                op="sparse_decode", params={"N": 5120, "d": d, "D": D, "density": 0.1,
+                                            "dtype": "fp32", "mode": mode},
+                providers=("dense", "vsc_kernels"), build=build,
+                work=2 * 5120 * d * D * (1 if mode == "forward" else 3), unit="flops",
+                baselines=("dense",)))
+    return out
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="one small shape, float32")
@@ -164,6 +190,8 @@ def main(argv=None):
     parser.add_argument("--shapes", default=None, help="d x D list, e.g. 256x256,2048x1024")
     parser.add_argument("--dtypes", default="float32,bfloat16")
     parser.add_argument("--densities", default=None, help="e.g. 0.01,0.1,0.3")
+    parser.add_argument("--out", default=None, help="results folder (default bench/results)")
+    parser.add_argument("--no-save", action="store_true")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     repeats = args.repeats or (20 if device.type == "cuda" else 3)
@@ -192,13 +220,15 @@ def main(argv=None):
     print("suggested CROSSOVER_DENSITY entries (lowest fwd+bwd crossover over the shapes):")
     for key, value in table.items():
         print(f"  {key}: {value:.3f},")
-    if not args.quick:
+    if not args.no_save:
         payload = {"op": "sparse_decode", "environment": common.environment(device),
+                   "quick": args.quick,
                    "backend": backend, "rows": N, "shapes_dD": shapes, "dtypes": dtypes,
                    "densities": densities, "repeats": repeats, "bandwidth_limit": bandwidth,
                    "crossovers": crossovers, "suggested_crossover_table": table,
                    "results": rows}
-        print(f"wrote {common.write_results('sparse_decode', device, payload)}")
+        name = common.result_name("sparse_decode", args.quick)
+        print(f"wrote {common.write_results(name, device, payload, directory=args.out)}")
 
 
 if __name__ == "__main__":

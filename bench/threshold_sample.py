@@ -11,16 +11,19 @@ Providers
 Modes: ``forward`` and ``forward+backward``. Effective bandwidth counts the bytes a
 fused implementation must move (read mu, logb; write z; read grad_z; write grad_mu,
 grad_logb) and is compared with the hardware limit (nominal HBM bandwidth on known
-GPUs, a measured copy bandwidth elsewhere).
+GPUs, a measured copy bandwidth elsewhere). Providers of a group are timed in
+interleaved rounds (median), so that load on a shared machine hits them alike.
 
     python bench/threshold_sample.py            # paper and large shapes, fp32 and bf16
-    python bench/threshold_sample.py --quick    # paper shape only
+    python bench/threshold_sample.py --quick    # both shapes, fp32, fewer rounds
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -37,24 +40,7 @@ SHAPES = [  # (B, J, d): the paper's linear generator, and a large DNN-sized cas
 ]
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 LAM = 0.25  # the paper's thresholded-Laplacian lambda_0 (Appendix D)
-
-
-def providers(device, J, numel):
-    def ours(mu, logb):
-        return vsc_kernels.threshold_sample(mu, logb, LAM, num_samples=J)
-
-    def eager(mu, logb):
-        return reference.threshold_sample(mu, logb, LAM, num_samples=J, noise="torch")
-
-    def oracle(mu, logb):
-        seed = vsc_kernels._philox.draw_seed(device)
-        return reference.threshold_sample(mu, logb, LAM, num_samples=J, seed=seed)
-
-    result = {"vsc_kernels": ours, "eager": eager,
-              "compiled": torch.compile(eager, dynamic=False)}
-    if numel <= 2_000_000:
-        result["oracle"] = oracle
-    return result
+MODES = ("forward", "forward+backward")
 
 
 def bytes_moved(B, J, d, element_size, mode):
@@ -63,62 +49,132 @@ def bytes_moved(B, J, d, element_size, mode):
     return forward if mode == "forward" else forward + backward
 
 
-def run(device, shapes, dtypes, repeats):
-    limit, limit_source = common.bandwidth_limit(device)
-    print(f"device: {common.device_name(device)}; hardware limit {limit / 1e9:.1f} GB/s "
-          f"({limit_source}); backend: {vsc_kernels.resolve_backend(None, device.type)}")
-    rows = []
-    for B, J, d in shapes:
+@functools.lru_cache(maxsize=1)
+def _inputs(B, J, d, dtype_name, device_str):
+    device = torch.device(device_str)
+    dtype = DTYPES[dtype_name]
+    g = torch.Generator(device=device).manual_seed(0)
+    mu = torch.randn(B, d, device=device, generator=g).to(dtype).requires_grad_()
+    logb = (0.3 * torch.randn(B, d, device=device, generator=g) - 1).to(dtype).requires_grad_()
+    grad = torch.randn(B, J, d, device=device, generator=g).to(dtype)
+    return mu, logb, grad
+
+
+@functools.lru_cache(maxsize=1)
+def _compiled(J):
+    torch._dynamo.reset()
+    return torch.compile(functools.partial(_eager, J=J), dynamic=False)
+
+
+def _eager(mu, logb, J):
+    return reference.threshold_sample(mu, logb, LAM, num_samples=J, noise="torch")
+
+
+def _providers(J, numel):
+    def ours(mu, logb):
+        return vsc_kernels.threshold_sample(mu, logb, LAM, num_samples=J)
+
+    def oracle(mu, logb):
+        seed = vsc_kernels._philox.draw_seed(mu.device)
+        return reference.threshold_sample(mu, logb, LAM, num_samples=J, seed=seed)
+
+    result = {"eager": functools.partial(_eager, J=J), "compiled": _compiled(J),
+              "vsc_kernels": ours}
+    if numel <= 2_000_000:
+        result["oracle"] = oracle
+    return result
+
+
+def cases(device: torch.device, quick: bool = False, dtypes=None) -> list[common.Case]:
+    dtypes = dtypes or (["fp32"] if quick else list(DTYPES))
+    out = []
+    for B, J, d in SHAPES:
         for dtype_name in dtypes:
-            dtype = DTYPES[dtype_name]
-            torch._dynamo.reset()
-            mu = torch.randn(B, d, device=device, dtype=dtype, requires_grad=True)
-            logb = (0.3 * torch.randn(B, d, device=device) - 1).to(dtype).requires_grad_()
-            grad = torch.randn(B, J, d, device=device, dtype=dtype)
-            for name, fn in providers(device, J, B * J * d).items():
-                modes = {
-                    "forward": lambda fn=fn: fn(mu.detach(), logb.detach()),
-                    "forward+backward": lambda fn=fn: torch.autograd.backward(fn(mu, logb), grad),
-                }
-                for mode, call in modes.items():
-                    seconds = common.time_call(call, device, repeats=repeats)
-                    moved = bytes_moved(B, J, d, mu.element_size(), mode)
-                    peak = common.peak_memory(call, device)
-                    rows.append({
-                        "B": B, "J": J, "d": d, "dtype": dtype_name, "mode": mode,
-                        "provider": name, "time_ms": seconds * 1e3,
-                        "effective_GBps": moved / seconds / 1e9,
-                        "fraction_of_limit": moved / seconds / limit,
-                        "peak_memory_MB": None if peak is None else peak / 2**20,
-                    })
-                    mu.grad = logb.grad = None
-    common.add_speedups(rows, ("B", "J", "d", "dtype", "mode"), ("eager", "compiled"))
-    return rows, limit, limit_source
+            element = torch.finfo(DTYPES[dtype_name]).bits // 8
+            for mode in MODES:
+                def build(B=B, J=J, d=d, dtype_name=dtype_name, mode=mode):
+                    mu, logb, grad = _inputs(B, J, d, dtype_name, str(device))
+                    calls = {}
+                    for name, fn in _providers(J, B * J * d).items():
+                        if quick and name == "oracle":
+                            continue
+                        if mode == "forward":
+                            calls[name] = functools.partial(_forward, fn, mu, logb)
+                        else:
+                            calls[name] = functools.partial(_forward_backward, fn, mu, logb, grad)
+                    return calls
+
+                providers = ("eager", "compiled", "vsc_kernels")
+                if not quick and B * J * d <= 2_000_000:
+                    providers += ("oracle",)
+                out.append(common.Case(
+                    op="threshold_sample",
+                    params={"B": B, "J": J, "d": d, "dtype": dtype_name, "mode": mode},
+                    providers=providers, build=build,
+                    work=bytes_moved(B, J, d, element, mode), unit="bytes",
+                    limit=functools.partial(common.cached_bandwidth_limit, str(device))))
+    return out
+
+
+def _forward(fn, mu, logb):
+    with torch.no_grad():
+        return fn(mu, logb)
+
+
+def _forward_backward(fn, mu, logb, grad):
+    torch.autograd.backward(fn(mu, logb), grad)
+    mu.grad = logb.grad = None
+
+
+COLUMNS = [
+    ("B", "B", "d"), ("J", "J", "d"), ("d", "d", "d"), ("dtype", "dtype", "s"),
+    ("mode", "mode", "s"), ("provider", "provider", "s"), ("time_ms", "ms", ".3f"),
+    ("effective_GBps", "GB/s", ".1f"), ("fraction_of_limit", "of limit", ".1%"),
+    ("speedup_vs_eager", "x eager", ".2f"), ("speedup_vs_compiled", "x compiled", ".2f"),
+]
+
+
+def _clock(args):
+    common.CLOCK = time.process_time if args.cpu_time else time.perf_counter
+    return common.CLOCK
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="the paper's shape only")
+    parser.add_argument("--quick", action="store_true",
+                        help="fp32 only, fewer rounds, no oracle (about a minute on 2 cores)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--dtypes", nargs="+", default=list(DTYPES), choices=list(DTYPES))
-    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--dtypes", nargs="+", default=None, choices=list(DTYPES))
+    parser.add_argument("--rounds", type=int, default=None, help="interleaved timing rounds")
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU)")
+    parser.add_argument("--cpu-time", action="store_true",
+                        help="time with the process CPU time (steadier with --threads 1 on a "
+                             "busy machine)")
+    parser.add_argument("--out", default=None, help="results folder (default bench/results)")
     parser.add_argument("--no-save", action="store_true")
     args = parser.parse_args(argv)
+    clock = _clock(args)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    shapes = SHAPES[:1] if args.quick else SHAPES
-    rows, limit, limit_source = run(device, shapes, args.dtypes, args.repeats)
-    common.print_table(rows, [
-        ("B", "B", "d"), ("J", "J", "d"), ("d", "d", "d"), ("dtype", "dtype", "s"),
-        ("mode", "mode", "s"), ("provider", "provider", "s"), ("time_ms", "ms", ".3f"),
-        ("effective_GBps", "GB/s", ".1f"), ("fraction_of_limit", "of limit", ".1%"),
-        ("peak_memory_MB", "peak MB", ".1f"), ("speedup_vs_eager", "x eager", ".2f"),
-        ("speedup_vs_compiled", "x compiled", ".2f"),
-    ])
-    if not args.no_save and not args.quick:
-        payload = {"op": "threshold_sample", "environment": common.environment(device),
-                   "bandwidth_limit_GBps": limit / 1e9, "bandwidth_limit_source": limit_source,
-                   "lam": LAM, "base": "laplace", "estimator": "straight", "results": rows}
-        print(f"wrote {common.write_results('threshold_sample', device, payload)}")
+    limit, source = common.cached_bandwidth_limit(str(device))
+    print(f"device: {common.device_name(device)}; hardware limit {limit / 1e9:.1f} GB/s "
+          f"({source}); backend: {vsc_kernels.resolve_backend(None, device.type)}; "
+          f"load {common.load_average()}")
+    rounds = args.rounds or (7 if args.quick else 15)
+    rows = common.run_cases(cases(device, args.quick, args.dtypes), device, rounds=rounds,
+                            clock=clock)
+    common.print_table(rows, COLUMNS)
+    if not args.no_save:
+        result = common.payload("threshold_sample", device, rows, quick=args.quick,
+                                clock="process_time" if args.cpu_time else "perf_counter",
+                                threads=torch.get_num_threads(),
+                                rounds=rounds, bandwidth_limit_GBps=limit / 1e9,
+                                bandwidth_limit_source=source, lam=LAM, base="laplace",
+                                estimator="straight")
+        name = common.result_name("threshold_sample", args.quick)
+        print(f"wrote {common.write_results(name, device, result, directory=args.out)}")
+    return rows
 
 
 if __name__ == "__main__":

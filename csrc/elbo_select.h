@@ -3,6 +3,7 @@
 #pragma once
 
 #include <optional>
+#include <string>
 #include <tuple>
 
 // ATen only (not torch/extension.h): csrc/bindings.cpp holds the Python binding.
@@ -14,6 +15,12 @@ namespace vsc {
 // E (B, J), E[b, j] = sum_f (x_hat[b, j, f] - x[b, f])^2, in the compute dtype
 // (float32; float64 if x or x_hat is float64).
 at::Tensor elbo_select_squared_error(const at::Tensor& x, const at::Tensor& x_hat);
+
+// The fused forward: E, then L = E * scale + beta * kl and the selection over J
+// (csrc/selection.h). Returns (loss, per_sample, index, weights) in the compute dtype.
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> elbo_select_forward(
+    const at::Tensor& x, const at::Tensor& x_hat, const std::optional<at::Tensor>& kl,
+    double beta, double scale, const std::string& method);
 
 // grad_sq_err (B, J) = d loss / d E. Returns grad_x_hat (B, J, F) contiguous in
 // x_hat's dtype, 2 g (x_hat - x), written as zeros without reading x_hat where

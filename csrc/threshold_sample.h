@@ -35,4 +35,7 @@ std::tuple<at::Tensor, at::Tensor, std::optional<at::Tensor>> threshold_sample_b
     const at::Tensor& seed, int64_t J, const std::string& base, const std::string& estimator,
     double warmup, double prior_scale, bool lam_requires_grad);
 
+// The instruction set of the vectorized kernels in use: "avx512", "avx2" or "default".
+const char* cpu_kernels_capability();
+
 }  // namespace vsc

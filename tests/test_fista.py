@@ -90,6 +90,26 @@ def test_matches_sklearn_lasso_and_kkt(backend, source):
     assert _kkt_violation(x, A, codes, lam) < (1e-3 if dtype == torch.float32 else 1e-5)
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_cpp_overcomplete_products_with_A(dtype):
+    """d > 2 D: the C++ solver multiplies by A^T and A each iteration instead of the Gram
+    matrix (and gets L from A A^T); only rounding differs from the reference's iterates."""
+    require_backend("cpp")
+    x, A = _problem(B=9, D=10, d=48, seed=3)
+    lam = 0.05
+    ours = fista(x.to(dtype), A.to(dtype), lam, max_iter=300, tol=1e-6, backend="cpp")
+    ref = fista(x.to(dtype), A.to(dtype), lam, max_iter=300, tol=1e-6, backend="reference")
+    atol = 1e-9 if dtype == torch.float64 else 2e-4
+    torch.testing.assert_close(ours.codes, ref.codes, atol=atol, rtol=0)
+    objective = reference.objective(x, A, ours.codes.double(), lam)
+    expected = reference.objective(x, A, ref.codes.double(), lam)
+    assert ((objective - expected) / expected).abs().max() < (1e-5 if dtype == torch.float32
+                                                               else 1e-10)
+    if dtype == torch.float64:
+        assert torch.equal(ours.n_iter, ref.n_iter)
+        assert torch.equal(ours.converged, ref.converged)
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_recovers_sparse_codes(backend):
     device = _device(backend)

@@ -237,14 +237,16 @@ def test_density_dispatch(backend, monkeypatch):
     assert len(calls) == int(runs_sparse)
 
 
-def test_zeros_skip_non_finite_dictionary_entries():
-    """On the sparse path an exact zero contributes nothing, even against inf in A."""
+def test_non_finite_dictionary_entries_propagate_like_the_dense_product():
+    """Non-finite policy: an exact zero of z against inf in A gives NaN, as the dense
+    product does (such a call takes the dense path), never a finite number."""
     z = _codes((4, 8), 1.0, seed=12)
     z[:, 3] = 0
     A = _dictionary(5, 8)
     A[2, 3] = float("inf")
     out = sparse_decode(z, A, dense_above=1.0, backend="cpp")
-    assert torch.isfinite(out).all()
+    assert torch.isnan(out[:, 2]).all()
+    torch.testing.assert_close(out, z @ A.T, equal_nan=True)
     assert torch.isnan(sparse_decode(z, A, dense_above=0.0, backend="cpp")[:, 2]).all()
 
 

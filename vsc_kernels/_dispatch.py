@@ -38,9 +38,30 @@ def cpp_available() -> bool:
     return load_extension() is not None
 
 
+# Resolved backends by (requested, device type, $VSC_KERNELS_BACKEND, $TRITON_INTERPRET):
+# eager calls pay a dict lookup, not the checks below (the environment is part of the key,
+# so changing it at run time still takes effect).
+_RESOLVED: dict[tuple, str] = {}
+
+
+def resolve_backend_cached(requested: str | None, device_type: str) -> str:
+    """:func:`resolve_backend` for eager calls: the decision is cached."""
+    environ = os.environ
+    key = (requested, device_type, environ.get(BACKEND_ENV), environ.get("TRITON_INTERPRET"))
+    chosen = _RESOLVED.get(key)
+    if chosen is None:
+        chosen = _resolve(requested, device_type)
+        _RESOLVED[key] = chosen
+    return chosen
+
+
 @torch.compiler.assume_constant_result
 def resolve_backend(requested: str | None, device_type: str) -> str:
     """The backend that runs on tensors of ``device_type`` (a constant for torch.compile)."""
+    return resolve_backend_cached(requested, device_type)
+
+
+def _resolve(requested: str | None, device_type: str) -> str:
     name = requested if requested is not None else os.environ.get(BACKEND_ENV, "auto")
     if not isinstance(name, str) or name not in BACKENDS + ("auto",):
         source = "backend" if requested is not None else f"${BACKEND_ENV}"
@@ -65,6 +86,7 @@ def resolve_backend(requested: str | None, device_type: str) -> str:
     return name
 
 
+@functools.lru_cache(maxsize=None)
 def backend_module(op: str, backend: str):
     """The module implementing ``op``'s backend contract (imported lazily, so that
     Triton is never imported on a machine that does not use it)."""

@@ -70,8 +70,9 @@ CSRC_DIR = _find_csrc()
 # -ffp-contract=off: no fused multiply-adds, so the float math rounds exactly as
 # the separate PyTorch ops of the reference do. -fno-math-errno and
 # -fno-trapping-math change no value (they let sqrt inline and the elementwise
-# selects vectorize). No -march: the build stays portable; the Philox block has
-# AVX2/AVX-512 clones chosen at run time (see csrc/threshold_sample.cpp).
+# selects vectorize). No -march: the build stays portable; csrc/cpu_kernels_avx512.cpp
+# and cpu_kernels_avx2.cpp compile the vectorized kernels for those instruction sets
+# (target pragmas) and one is chosen at run time (see csrc/cpu_kernels.h).
 EXTRA_CFLAGS = ["-O3", "-fopenmp", "-ffp-contract=off", "-fno-math-errno", "-fno-trapping-math"]
 EXTRA_LDFLAGS = ["-fopenmp"]
 

@@ -32,10 +32,13 @@ class GammaThreshold:
     def posterior(self, params) -> Gamma:
         alpha = params["log_alpha"].float().clamp(_LOG_MIN, _LOG_MAX).exp()
         beta = params["log_beta"].float().clamp(_LOG_MIN, _LOG_MAX).exp()
-        return Gamma(alpha, beta)
+        # positive by construction: no argument validation (it reads the tensors back to the
+        # host, a device synchronisation per step)
+        return Gamma(alpha, beta, validate_args=False)
 
     def prior(self, like: torch.Tensor) -> Gamma:
-        return Gamma(torch.full_like(like, self.alpha0), torch.full_like(like, self.beta0))
+        return Gamma(torch.full_like(like, self.alpha0), torch.full_like(like, self.beta0),
+                     validate_args=False)
 
     def sample(self, q: Gamma, num_samples: int) -> torch.Tensor:
         """``lam`` of shape ``(B, J, d)``, one threshold per sample."""

@@ -22,7 +22,7 @@ import math
 import torch
 
 from .. import _checks, _elbo
-from .._dispatch import backend_module, resolve_backend
+from .._dispatch import backend_module, resolve_backend, resolve_backend_cached
 from .._elbo import ElboResult
 from .._precision import compute_dtype
 from . import reference
@@ -40,17 +40,28 @@ def _work_dtype(x, x_hat, kl):
     return compute_dtype(reference.result_dtype(x, x_hat, kl))
 
 
+def _forward(x, x_hat, kl, beta, method, recon, impl):
+    """``x (B, F)``, ``x_hat (B, J, F)``; returns ``loss, per_sample, index, weights`` in the
+    compute dtype (the public function casts them)."""
+    if method in getattr(impl, "FUSED_METHODS", ()):
+        return impl.fused_forward(x, x_hat, kl, beta, _elbo.recon_scale(recon, x_hat.shape[2]),
+                                  method)
+    sq_err = impl.squared_error(x, x_hat)
+    work = _work_dtype(x, x_hat, kl)
+    if sq_err.dtype != work:
+        sq_err = sq_err.to(work)
+    per_sample = _elbo.per_sample_loss(sq_err, kl, beta, _elbo.recon_scale(recon, x_hat.shape[2]))
+    row_loss, index, weights = _elbo.select_samples(per_sample, method)
+    return _elbo.mean_over_rows(row_loss), per_sample, index, weights
+
+
 @torch.library.custom_op("vsc_kernels::elbo_select", mutates_args=())
 def _elbo_select_op(x: torch.Tensor, x_hat: torch.Tensor, kl: torch.Tensor | None, beta: float,
                     method: str, recon: str,
                     backend: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """``x (B, F)``, ``x_hat (B, J, F)``; returns ``loss, per_sample, index, weights`` in the
     compute dtype (the public function casts them)."""
-    work = _work_dtype(x, x_hat, kl)
-    sq_err = backend_module(_OP, backend).squared_error(x, x_hat).to(work)
-    per_sample = _elbo.per_sample_loss(sq_err, kl, beta, _elbo.recon_scale(recon, x_hat.shape[2]))
-    row_loss, index, weights = _elbo.select_samples(per_sample, method)
-    return _elbo.mean_over_rows(row_loss), per_sample, index, weights
+    return _forward(x, x_hat, kl, beta, method, recon, backend_module(_OP, backend))
 
 
 @_elbo_select_op.register_fake
@@ -85,9 +96,9 @@ def _setup_context(ctx, inputs, output):
     ctx.params = (beta, recon, backend)
 
 
-def _backward(ctx, grad_loss, _grad_per_sample, _grad_index, _grad_weights):
-    x, x_hat, kl, weights = ctx.saved_tensors
-    beta, recon, backend = ctx.params
+def _gradients(ctx, grad_loss, x, x_hat, kl, weights, beta, recon, backward_fn):
+    """``(grad_x, grad_x_hat, grad_kl)``; ``backward_fn`` is the backend's (or the custom
+    op's) ``elbo_select_backward``."""
     B, J, F = x_hat.shape
     # d loss / d L[b, j] = weights[b, j] / B (the mean over rows of the row objectives).
     grad_per_sample = grad_loss.to(weights.dtype) * weights / max(B, 1)
@@ -96,16 +107,60 @@ def _backward(ctx, grad_loss, _grad_per_sample, _grad_index, _grad_weights):
     if need_x or need_x_hat:
         grad_sq_err = (grad_per_sample * _elbo.recon_scale(recon, F)).to(
             reference.work_dtype(x, x_hat))
-        grad_x_hat, grad_x = _elbo_select_backward_op(grad_sq_err.contiguous(), x, x_hat,
-                                                      bool(need_x), backend)
+        grad_x_hat, grad_x = backward_fn(grad_sq_err.contiguous(), x, x_hat, bool(need_x))
         grad_x_hat = grad_x_hat if need_x_hat else None
         grad_x = grad_x if need_x else None
     if kl is not None and ctx.needs_input_grad[2]:
         grad_kl = _elbo.kl_gradient(grad_per_sample, kl, beta)
-    return grad_x, grad_x_hat, grad_kl, None, None, None, None
+    return grad_x, grad_x_hat, grad_kl
+
+
+def _backward(ctx, grad_loss, _grad_per_sample, _grad_index, _grad_weights):
+    x, x_hat, kl, weights = ctx.saved_tensors
+    beta, recon, backend = ctx.params
+
+    def backward_fn(grad_sq_err, x, x_hat, need_x):
+        return _elbo_select_backward_op(grad_sq_err, x, x_hat, need_x, backend)
+
+    grads = _gradients(ctx, grad_loss, x, x_hat, kl, weights, beta, recon, backward_fn)
+    return grads + (None, None, None, None)
 
 
 _elbo_select_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+class _ElboSelectFunction(torch.autograd.Function):
+    """Eager autograd calling the backend directly (no ``torch.library`` dispatch); under
+    ``torch.compile`` the custom op above is traced instead. ``config``: ``(beta, method,
+    recon, impl)``."""
+
+    @staticmethod
+    def forward(ctx, x, x_hat, kl, config):
+        beta, method, recon, impl = config
+        loss, per_sample, index, weights = _forward(x, x_hat, kl, beta, method, recon, impl)
+        ctx.mark_non_differentiable(per_sample, index, weights)
+        ctx.save_for_backward(x, x_hat, kl, weights)
+        ctx.config = config
+        return loss, per_sample, index, weights
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_loss, _grad_per_sample, _grad_index, _grad_weights):
+        x, x_hat, kl, weights = ctx.saved_tensors
+        beta, _, recon, impl = ctx.config
+        grads = _gradients(ctx, grad_loss, x, x_hat, kl, weights, beta, recon,
+                           impl.elbo_select_backward)
+        return grads + (None,)
+
+
+def _run(x, x_hat, kl, beta, method, recon, backend):
+    if torch.compiler.is_compiling():
+        return _elbo_select_op(x, x_hat, kl, beta, method, recon, backend)
+    impl = backend_module(_OP, backend)
+    if torch.is_grad_enabled() and (x.requires_grad or x_hat.requires_grad or (
+            kl is not None and kl.requires_grad)):
+        return _ElboSelectFunction.apply(x, x_hat, kl, (beta, method, recon, impl))
+    return _forward(x, x_hat, kl, beta, method, recon, impl)
 
 
 # --------------------------------------------------------------------------------------
@@ -159,11 +214,16 @@ def elbo_select(x: torch.Tensor, x_hat: torch.Tensor, kl: torch.Tensor | None = 
         (with respect to ``x_hat``, ``x`` and ``kl``). An empty batch gives ``loss = 0``.
     """
     beta, kl = _check_arguments(x, x_hat, kl, beta, method, recon)
-    chosen = resolve_backend(backend, x_hat.device.type)
+    chosen = (resolve_backend(backend, x_hat.device.type) if torch.compiler.is_compiling()
+              else resolve_backend_cached(backend, x_hat.device.type))
     dtype = reference.result_dtype(x, x_hat, kl)
     B, J = x_hat.shape[:2]
-    F = math.prod(x_hat.shape[2:])
-    loss, per_sample, index, weights = _elbo_select_op(
-        x.reshape(B, F), x_hat.reshape(B, J, F), kl, beta, method, recon, chosen)
-    return ElboResult(loss.to(dtype), per_sample.detach().to(dtype), index,
-                      weights.detach().to(dtype))
+    if x_hat.dim() == 3:
+        F = x_hat.shape[2]
+    else:
+        F = math.prod(x_hat.shape[2:])
+        x, x_hat = x.reshape(B, F), x_hat.reshape(B, J, F)
+    loss, per_sample, index, weights = _run(x, x_hat, kl, beta, method, recon, chosen)
+    if loss.dtype != dtype:
+        loss, per_sample, weights = loss.to(dtype), per_sample.to(dtype), weights.to(dtype)
+    return ElboResult(loss, per_sample.detach(), index, weights.detach())

@@ -11,11 +11,18 @@ from __future__ import annotations
 
 from .._extension import require_extension as _extension
 
+FUSED_METHODS = ("max", "avg", "iwae", "softmin")
 
 
 def squared_error(x, x_hat):
     """Contract: ``x (B, F)``, ``x_hat (B, J, F)``; returns ``E (B, J)`` in the compute dtype."""
     return _extension().elbo_select_squared_error(x, x_hat)
+
+
+def fused_forward(x, x_hat, kl, beta, scale, method):
+    """``(loss, per_sample, index, weights)`` in the compute dtype: the squared errors and
+    the selection over ``J`` (vsc_kernels._elbo's math) in one call."""
+    return _extension().elbo_select_forward(x, x_hat, kl, float(beta), float(scale), method)
 
 
 def elbo_select_backward(grad_sq_err, x, x_hat, need_x):

@@ -31,13 +31,16 @@ class FistaResult(NamedTuple):
 @torch.library.custom_op("vsc_kernels::fista", mutates_args=())
 def _fista_op(gram: torch.Tensor, c: torch.Tensor, lam: torch.Tensor, z0: torch.Tensor,
               lipschitz: float, max_iter: int, tol: float, nonneg: bool,
-              backend: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+              backend: str, A: torch.Tensor | None = None
+              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     impl = backend_module(_OP, backend)
+    if A is not None:  # products with A^T and A instead of the Gram matrix (d > 2 D)
+        return impl.fista_solve(gram, c, lam, z0, lipschitz, max_iter, tol, nonneg, A=A)
     return impl.fista_solve(gram, c, lam, z0, lipschitz, max_iter, tol, nonneg)
 
 
 @_fista_op.register_fake
-def _(gram, c, lam, z0, lipschitz, max_iter, tol, nonneg, backend):
+def _(gram, c, lam, z0, lipschitz, max_iter, tol, nonneg, backend, A=None):
     B = c.shape[0]
     return (torch.empty_like(c), c.new_empty((B,), dtype=torch.int32),
             c.new_empty((B,), dtype=torch.bool))
@@ -61,7 +64,7 @@ def _check_arguments(x, A, lam, max_iter, tol, init, lipschitz):
         if lam.shape not in ((), (B,)):
             raise ValueError(f"lam must be a float or a per-row tensor of shape ({B},), got "
                              f"shape {tuple(lam.shape)}")
-        _checks.non_negative_values("lam", lam)
+        _checks.finite_non_negative_values("lam", lam)
     else:
         lam = _checks.real_number("lam", lam, minimum=0.0)
     max_iter = _checks.optional_count("max_iter", max_iter, minimum=1)
@@ -107,11 +110,22 @@ def fista(x: torch.Tensor, A: torch.Tensor, lam, *, max_iter: int = 500, tol: fl
     dtype = torch.promote_types(x.dtype, A.dtype)
     work = compute_dtype(dtype)
     B, d = x.shape[0], A.shape[1]
+    D = A.shape[0]
     A_w = A.to(work)
-    gram = A_w.T @ A_w
+    # Non-finite policy: the codes are promised finite for finite data, so a NaN or inf in
+    # the dictionary is an error (one read; fista synchronises anyway). NaN/inf in x or
+    # init propagate to that row's codes, which then never count as converged.
+    if A_w.numel() and not bool(torch.isfinite(A_w).all()):
+        raise ValueError("A contains NaN or inf")
+    # The C++ solver multiplies by A^T and A each iteration instead of the Gram matrix when
+    # that is cheaper (2 B d D < B d^2 flops, i.e. d > 2 D).
+    factored = chosen == "cpp" and d > 2 * D
+    gram = A_w.new_empty((0, 0)) if factored else A_w.T @ A_w
     c = x.to(work) @ A_w
     if lipschitz is None:
-        lipschitz = float(reference.power_iteration(gram)) if d else 1.0
+        # ||A||_2^2, the largest eigenvalue of A^T A or of the smaller A A^T
+        lipschitz = (float(reference.power_iteration(A_w @ A_w.T if factored else gram))
+                     if d and D else 1.0)
     lam_rows = (lam.to(work).expand(B).contiguous() if isinstance(lam, torch.Tensor)
                 else torch.full((B,), lam, dtype=work, device=x.device))
     z0 = (init.to(work).contiguous() if init is not None
@@ -121,5 +135,6 @@ def fista(x: torch.Tensor, A: torch.Tensor, lam, *, max_iter: int = 500, tol: fl
                                                          max_iter, tol, nonneg)
     else:
         codes, n_iter, converged = _fista_op(gram.contiguous(), c.contiguous(), lam_rows, z0,
-                                             lipschitz, max_iter, tol, nonneg, chosen)
+                                             lipschitz, max_iter, tol, nonneg, chosen,
+                                             A_w.contiguous() if factored else None)
     return FistaResult(codes.to(dtype), n_iter, converged)

@@ -15,8 +15,8 @@ with ``A (D, d)``. Working from the Gram matrix ``G = A^T A`` and ``c_b = A^T x_
 
 from ``z_0 = init`` (or 0), ``y_1 = z_0``, ``t_1 = 1``, with step ``1/L``,
 ``L = ||A||_2^2`` (power iteration on ``G``). A row stops after iteration ``k`` when
-``||z_k - z_{k-1}|| <= tol * ||z_k||``; stopped rows are frozen, ``max_iter`` caps the
-rest. The momentum schedule ``t_k`` is the same for every row.
+``||z_k - z_{k-1}|| <= tol * ||z_k||`` (and ``||z_k||`` is finite: NaN or inf codes never
+count as converged); stopped rows are frozen, ``max_iter`` caps the rest. The momentum schedule ``t_k`` is the same for every row.
 
 Backend contract (``fista_solve``), implemented identically by the Triton and C++
 kernels: inputs ``gram (d, d)``, ``c (B, d)``, ``lam (B,)``, ``z0 (B, d)`` in the
@@ -70,7 +70,9 @@ def fista_solve(gram, c, lam, z0, lipschitz: float, max_iter: int, tol: float, n
         t_next = (1.0 + (1.0 + 4.0 * t * t) ** 0.5) / 2.0
         y_next = z + ((t - 1.0) / t_next) * (z - z_prev)
         change = (z - z_prev).norm(dim=1)
-        stop_now = active & (change <= tol * z.norm(dim=1))
+        z_norm = z.norm(dim=1)
+        # a NaN change never stops a row, nor do codes whose norm is not finite
+        stop_now = active & (change <= tol * z_norm) & torch.isfinite(z_norm)
         # Frozen rows keep their codes; the others move on.
         keep = active[:, None]
         z_prev = torch.where(keep, z, z_prev)

@@ -55,17 +55,19 @@ def _prox(v, thr, NONNEG: tl.constexpr):
     else:
         sign = tl.where(v > 0, 1.0, tl.where(v < 0, -1.0, 0.0))
         out = sign * tl.maximum(tl.abs(v) - thr, 0.0)
-    return out
+    # tl.maximum may return 0 for a NaN (fmax on the GPU): a NaN stays NaN, as in torch
+    return tl.where(v != v, v, out)
 
 
 @triton.jit
 def _stop_test(sq_change, sq_norm, max_change, tol):
     """``||z_k - z_{k-1}|| <= tol ||z_k||`` from the squared row norms. With ``tol == 0``
     the test is exact (the rows stop only when ``z_k == z_{k-1}``), immune to squares
-    underflowing; a NaN change never stops a row."""
+    underflowing; a NaN change never stops a row, nor do codes whose norm is not finite."""
     by_tol = tl.sqrt(sq_change) <= tol * tl.sqrt(sq_norm)
     exact = (sq_change == 0.0) & (max_change == 0.0)
-    return tl.where(tol > 0.0, by_tol, exact)
+    finite = sq_norm < float("inf")   # False for inf and NaN
+    return tl.where(tol > 0.0, by_tol, exact) & finite
 
 
 @triton.jit

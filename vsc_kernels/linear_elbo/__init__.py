@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 
 from .. import _checks, _elbo
-from .._dispatch import backend_module, resolve_backend
+from .._dispatch import backend_module, resolve_backend, resolve_backend_cached
 from .._elbo import ElboResult
 from .._precision import compute_dtype
 from . import reference
@@ -32,14 +32,21 @@ _OP = "linear_elbo"
 # torch.library registration
 # --------------------------------------------------------------------------------------
 
+def _forward(x, z, A, kl, beta, method, recon, impl):
+    scale = _elbo.recon_scale(recon, x.shape[1])
+    if method in getattr(impl, "FUSED_METHODS", ()):
+        return impl.fused_forward(x, z, A, kl, beta, scale, method)
+    E = impl.squared_error(x, z, A)
+    per_sample = _elbo.per_sample_loss(E, kl, beta, scale)
+    row_loss, index, weights = _elbo.select_samples(per_sample, method)
+    return _elbo.mean_over_rows(row_loss), per_sample, index, weights
+
+
 @torch.library.custom_op("vsc_kernels::linear_elbo", mutates_args=())
 def _linear_elbo_op(x: torch.Tensor, z: torch.Tensor, A: torch.Tensor, kl: torch.Tensor | None,
                     beta: float, method: str, recon: str,
                     backend: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    E = backend_module(_OP, backend).squared_error(x, z, A)
-    per_sample = _elbo.per_sample_loss(E, kl, beta, _elbo.recon_scale(recon, x.shape[1]))
-    row_loss, index, weights = _elbo.select_samples(per_sample, method)
-    return _elbo.mean_over_rows(row_loss), per_sample, index, weights
+    return _forward(x, z, A, kl, beta, method, recon, backend_module(_OP, backend))
 
 
 @_linear_elbo_op.register_fake
@@ -50,36 +57,112 @@ def _(x, z, A, kl, beta, method, recon, backend):
             x.new_empty((B,), dtype=torch.long), x.new_empty((B, J), dtype=work))
 
 
+def _backend_backward(backend: str):
+    """The backend's backward contract (``reference.linear_elbo_backward`` unless the
+    backend module has its own)."""
+    return getattr(backend_module(_OP, backend), "linear_elbo_backward",
+                   reference.linear_elbo_backward)
+
+
+@torch.library.custom_op("vsc_kernels::linear_elbo_backward", mutates_args=())
+def _linear_elbo_backward_op(grad_E: torch.Tensor, index: torch.Tensor | None, x: torch.Tensor,
+                             z: torch.Tensor, A: torch.Tensor, need_x: bool, need_z: bool,
+                             need_A: bool,
+                             backend: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The backward contract as an opaque op for torch.compile (the C++ one calls into the
+    extension); gradients not asked for come back empty."""
+    grads = _backend_backward(backend)(grad_E, index, x, z, A, need_x, need_z, need_A)
+    return tuple(grad_E.new_empty((0,)) if g is None else g for g in grads)
+
+
+@_linear_elbo_backward_op.register_fake
+def _(grad_E, index, x, z, A, need_x, need_z, need_A, backend):
+    B, J, d = z.shape
+    D = x.shape[1]
+    shapes = ((B, D) if need_x else (0,), (B, J, d) if need_z else (0,),
+              (D, d) if need_A else (0,))
+    return tuple(grad_E.new_empty(shape) for shape in shapes)
+
+
 def _setup_context(ctx, inputs, output):
     x, z, A, kl, beta, method, recon, backend = inputs
     _, per_sample, index, weights = output
     ctx.mark_non_differentiable(per_sample, index, weights)
     ctx.save_for_backward(x, z, A, kl, index, weights)
     ctx.params = (beta, method, recon)
+    ctx.backend = backend
 
 
-def _backward(ctx, grad_loss, grad_per_sample, grad_index, grad_weights):
+def _as(tensor, dtype):
+    return tensor if tensor.dtype == dtype else tensor.to(dtype)
+
+
+def _gradients(ctx, grad_loss, backward_fn):
     x, z, A, kl, index, weights = ctx.saved_tensors
-    beta, method, recon = ctx.params
+    beta, method, recon = ctx.params[:3]
     need_x, need_z, need_A, need_kl = ctx.needs_input_grad[:4]
     # d loss / d L[b, j] = grad_loss * weights[b, j] / B (see vsc_kernels._elbo).
     grad_L = grad_loss.to(weights.dtype) * weights / max(z.shape[0], 1)
     grad_x = grad_z = grad_A = grad_kl = None
     if need_x or need_z or need_A:
-        grad_E = grad_L * _elbo.recon_scale(recon, x.shape[1])
-        # A backward called inside an autocast region must not run its products in bf16.
-        with torch.autocast(x.device.type, enabled=False):
-            grad_x, grad_z, grad_A = reference.linear_elbo_backward(
-                grad_E, index if method == "max" else None, x, z, A, need_x, need_z, need_A)
-        grad_x = None if grad_x is None else grad_x.to(x.dtype)
-        grad_z = None if grad_z is None else grad_z.to(z.dtype)
-        grad_A = None if grad_A is None else grad_A.to(A.dtype)
+        scale = _elbo.recon_scale(recon, x.shape[1])
+        grad_E = grad_L * scale if scale != 1.0 else grad_L
+        args = (grad_E, index if method == "max" else None, x, z, A, need_x, need_z, need_A)
+        if torch.is_autocast_enabled(x.device.type):
+            # A backward called inside an autocast region must not run its products in bf16.
+            with torch.autocast(x.device.type, enabled=False):
+                grad_x, grad_z, grad_A = backward_fn(*args)
+        else:
+            grad_x, grad_z, grad_A = backward_fn(*args)
+        grad_x = _as(grad_x, x.dtype) if need_x else None
+        grad_z = _as(grad_z, z.dtype) if need_z else None
+        grad_A = _as(grad_A, A.dtype) if need_A else None
     if need_kl:
         grad_kl = _elbo.kl_gradient(grad_L, kl, beta)
-    return grad_x, grad_z, grad_A, grad_kl, None, None, None, None
+    return grad_x, grad_z, grad_A, grad_kl
+
+
+def _backward(ctx, grad_loss, grad_per_sample, grad_index, grad_weights):
+    def backward_fn(grad_E, index, x, z, A, need_x, need_z, need_A):
+        return _linear_elbo_backward_op(grad_E, index, x, z, A, bool(need_x), bool(need_z),
+                                        bool(need_A), ctx.backend)
+
+    return _gradients(ctx, grad_loss, backward_fn) + (None, None, None, None)
 
 
 _linear_elbo_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+class _LinearElboFunction(torch.autograd.Function):
+    """Eager autograd calling the backend directly (no ``torch.library`` dispatch); under
+    ``torch.compile`` the custom op above is traced instead. ``config``: ``(beta, method,
+    recon, impl)``."""
+
+    @staticmethod
+    def forward(ctx, x, z, A, kl, config):
+        beta, method, recon, impl = config
+        loss, per_sample, index, weights = _forward(x, z, A, kl, beta, method, recon, impl)
+        ctx.mark_non_differentiable(per_sample, index, weights)
+        ctx.save_for_backward(x, z, A, kl, index, weights)
+        ctx.params = config
+        return loss, per_sample, index, weights
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_loss, grad_per_sample, grad_index, grad_weights):
+        impl = ctx.params[3]
+        backward_fn = getattr(impl, "linear_elbo_backward", reference.linear_elbo_backward)
+        return _gradients(ctx, grad_loss, backward_fn) + (None,)
+
+
+def _run(x, z, A, kl, beta, method, recon, backend):
+    if torch.compiler.is_compiling():
+        return _linear_elbo_op(x, z, A, kl, beta, method, recon, backend)
+    impl = backend_module(_OP, backend)
+    if torch.is_grad_enabled() and (x.requires_grad or z.requires_grad or A.requires_grad or (
+            kl is not None and kl.requires_grad)):
+        return _LinearElboFunction.apply(x, z, A, kl, (beta, method, recon, impl))
+    return _forward(x, z, A, kl, beta, method, recon, impl)
 
 
 # --------------------------------------------------------------------------------------
@@ -147,15 +230,19 @@ def linear_elbo(x: torch.Tensor, z: torch.Tensor, A: torch.Tensor,
         respect to ``x``, ``z``, ``A`` and ``kl``).
     """
     kl, beta = _check_arguments(x, z, A, kl, beta, method, recon)
-    chosen = resolve_backend(backend, x.device.type)
-    dtype = torch.promote_types(torch.promote_types(x.dtype, z.dtype), A.dtype)
-    x, z, A = x.to(dtype), z.to(dtype), A.to(dtype)
+    chosen = (resolve_backend(backend, x.device.type) if torch.compiler.is_compiling()
+              else resolve_backend_cached(backend, x.device.type))
+    dtype = x.dtype
+    if z.dtype != dtype or A.dtype != dtype:
+        dtype = torch.promote_types(torch.promote_types(x.dtype, z.dtype), A.dtype)
+        x, z, A = x.to(dtype), z.to(dtype), A.to(dtype)
     if chosen == "reference":
         # Float32 math under autocast too (autocast would run z @ A^T in low precision).
         with torch.autocast(x.device.type, enabled=False):
             loss, per_sample, index, weights = reference.linear_elbo(x, z, A, kl, beta, method,
                                                                      recon)
     else:
-        loss, per_sample, index, weights = _linear_elbo_op(x, z, A, kl, beta, method, recon,
-                                                           chosen)
-    return ElboResult(loss.to(dtype), per_sample.to(dtype), index, weights.to(dtype))
+        loss, per_sample, index, weights = _run(x, z, A, kl, beta, method, recon, chosen)
+    if loss.dtype != dtype:
+        loss, per_sample, weights = loss.to(dtype), per_sample.to(dtype), weights.to(dtype)
+    return ElboResult(loss, per_sample, index, weights)

@@ -80,7 +80,8 @@ def _squared_error_kernel(
                 acc += tl.sum(z_tile[:, :, None] * a_tile[None, :, :], axis=1)
         x_tile = tl.load(x_rows[:, None] + cols[None, :] * stride_xf,
                          mask=row_ok[:, None] & col_ok[None, :], other=0.0).to(ACC_DTYPE)
-        r = x_tile - acc                                        # zero in masked lanes
+        # masked lanes are zero, also where an inf code met A's zero padding (inf * 0)
+        r = tl.where(col_ok[None, :], x_tile - acc, 0.0)
         sq += tl.sum(r * r, axis=1)
     tl.store(part_ptr + pid_n * M + rows, sq, mask=row_ok)
 

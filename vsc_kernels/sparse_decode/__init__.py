@@ -72,12 +72,20 @@ def crossover_density(device_type: str, dtype: torch.dtype) -> float:
 # torch.library registration
 # --------------------------------------------------------------------------------------
 
-def _count_if_sparse(z: torch.Tensor, dense_above: float) -> int | None:
-    """``z``'s non-zero count when the sparse path runs (density <= dense_above), else
-    None. Reading the count back is the op's one host synchronisation."""
+def _count_if_sparse(z: torch.Tensor, dense: torch.Tensor, dense_above: float) -> int | None:
+    """``z``'s non-zero count when the sparse path runs (density <= dense_above, and the
+    dense operand ``A`` or ``grad_out`` finite), else None. The count and the finiteness are
+    read back together: the op's one host synchronisation.
+
+    Non-finite policy: the sparse kernels skip z's zeros, so a NaN or inf in the dense
+    operand would not reach the outputs that the dense product (``0 * nan = nan``) gives
+    NaN; such calls take the dense path, whose results propagate it like the reference."""
     if dense_above <= 0.0:
         return None
-    nnz = int(torch.count_nonzero(z))
+    nnz, finite = torch.stack((torch.count_nonzero(z),
+                               torch.isfinite(dense).all().to(torch.int64))).tolist()
+    if not finite:
+        return None
     return nnz if nnz <= dense_above * z.numel() else None
 
 
@@ -85,7 +93,7 @@ def _count_if_sparse(z: torch.Tensor, dense_above: float) -> int | None:
 def _sparse_decode_op(z: torch.Tensor, A: torch.Tensor, dense_above: float,
                       backend: str) -> torch.Tensor:
     """``z (N, d) @ A (D, d)^T``; ``z`` and ``A`` of one dtype."""
-    nnz = _count_if_sparse(z, dense_above)
+    nnz = _count_if_sparse(z, A, dense_above)
     if nnz is None:
         return torch.matmul(z, A.T)
     return backend_module(_OP, backend).decode(z, A.T, nnz)
@@ -100,7 +108,7 @@ def _(z, A, dense_above, backend):
 def _grad_weight_op(grad_out: torch.Tensor, z: torch.Tensor, dense_above: float,
                     backend: str) -> torch.Tensor:
     """``grad_A^T = z^T @ grad_out``, shape ``(d, D)``, skipping z's zeros."""
-    nnz = _count_if_sparse(z, dense_above)
+    nnz = _count_if_sparse(z, grad_out, dense_above)
     if nnz is None:
         return torch.matmul(z.T, grad_out)
     return backend_module(_OP, backend).grad_weight_t(z, grad_out, nnz)
@@ -176,9 +184,10 @@ def sparse_decode(z: torch.Tensor, A: torch.Tensor, *, dense_above: float | None
         ``grad_A = grad_out^T @ z`` (sparse: over the non-zeros of ``z``).
 
     Cost: counting the non-zeros reads one number back to the host (a synchronisation
-    on CUDA) in the forward and again in the backward, unless ``dense_above=0``. On the
-    sparse path an exact zero of ``z`` contributes nothing even where ``A`` holds an
-    inf or NaN (the dense product would give NaN there).
+    on CUDA) in the forward and again in the backward, unless ``dense_above=0``: the one
+    documented exception to the ops' no-synchronisation rule. Non-finite values: NaN and
+    inf in ``z`` or ``A`` propagate as in the dense product (a call whose ``A`` or
+    ``grad_out`` holds one takes the dense path, so a zero of ``z`` times NaN is NaN).
     """
     dense_above = _check_arguments(z, A, dense_above)
     chosen = resolve_backend(backend, z.device.type)

@@ -19,7 +19,7 @@ import math
 import torch
 
 from .. import _checks
-from .._dispatch import backend_module, resolve_backend
+from .._dispatch import backend_module, resolve_backend, resolve_backend_cached
 from .._philox import draw_seed
 from . import reference
 from .reference import BASES, ESTIMATORS, compute_dtype
@@ -105,6 +105,58 @@ _threshold_sample_op.register_autograd(_backward, setup_context=_setup_context)
 
 
 # --------------------------------------------------------------------------------------
+# Eager path: the same kernels without the custom op's dispatch layers
+# --------------------------------------------------------------------------------------
+
+class _ThresholdSampleFunction(torch.autograd.Function):
+    """Eager autograd for the kernels (what the custom op's autograd does, minus the
+    ``torch.library`` dispatch, which costs tens of microseconds per call). Used when
+    not compiling; under ``torch.compile`` the custom op above is traced instead.
+    ``config``: ``(lam_value, num_samples, base, estimator, warmup, return_kl,
+    prior_scale, impl)`` in one argument (``apply`` pays per argument)."""
+
+    @staticmethod
+    def forward(ctx, mu, logb, lam, seed, config):
+        lam_value, num_samples, base, _, warmup, return_kl, prior_scale, impl = config
+        z, kl = impl.threshold_sample_forward(mu, logb, lam, lam_value, seed, num_samples, base,
+                                              warmup, return_kl, prior_scale)
+        ctx.save_for_backward(mu, logb, lam, seed)
+        ctx.config = config
+        return z, kl
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_z, grad_kl):
+        mu, logb, lam, seed = ctx.saved_tensors
+        lam_value, num_samples, base, estimator, warmup, _, prior_scale, impl = ctx.config
+        lam_requires_grad = lam is not None and ctx.needs_input_grad[2]
+        if grad_z is None:
+            grad_z = mu.new_zeros(()).expand(mu.shape[0], num_samples, mu.shape[1])
+        grad_mu, grad_logb, grad_lam = impl.threshold_sample_backward(
+            grad_z, grad_kl, mu, logb, lam, lam_value, seed, num_samples, base, estimator,
+            warmup, prior_scale, lam_requires_grad)
+        if lam_requires_grad:
+            return grad_mu, grad_logb, grad_lam.to(lam.dtype), None, None
+        return grad_mu, grad_logb, None, None, None
+
+
+def _run_kernels(mu2, logb2, lam_tensor, lam_value, seed, J, base, estimator, warmup, return_kl,
+                 prior_scale, backend):
+    """``(z (M, J, d), kl (M,) or empty/None)`` from a kernel backend, eager or traced."""
+    if torch.compiler.is_compiling():
+        return _threshold_sample_op(mu2, logb2, lam_tensor, lam_value, seed, J, base, estimator,
+                                    warmup, return_kl, prior_scale, backend)
+    impl = backend_module(_OP, backend)
+    if torch.is_grad_enabled() and (mu2.requires_grad or logb2.requires_grad or (
+            lam_tensor is not None and lam_tensor.requires_grad)):
+        return _ThresholdSampleFunction.apply(
+            mu2, logb2, lam_tensor, seed,
+            (lam_value, J, base, estimator, warmup, return_kl, prior_scale, impl))
+    return impl.threshold_sample_forward(mu2, logb2, lam_tensor, lam_value, seed, J, base,
+                                         warmup, return_kl, prior_scale)
+
+
+# --------------------------------------------------------------------------------------
 # Public API
 # --------------------------------------------------------------------------------------
 
@@ -131,7 +183,6 @@ def _check_arguments(mu, logb, lam, num_samples, base, estimator, warmup, genera
         _checks.float_tensor("lam", lam)
         _checks.same_device("lam", lam, "mu", mu)
         _checks.broadcastable("lam", lam, out_shape, "the output shape")
-        _checks.non_negative_values("lam", lam)
     else:
         lam = _checks.real_number("lam", lam, minimum=0.0)
     return num_samples, warmup, prior_scale, out_shape, lam
@@ -176,9 +227,19 @@ def threshold_sample(mu: torch.Tensor, logb: torch.Tensor, lam, *, num_samples: 
     """
     num_samples, warmup, prior_scale, out_shape, lam = _check_arguments(
         mu, logb, lam, num_samples, base, estimator, warmup, generator, prior_scale)
-    chosen = resolve_backend(backend, mu.device.type)
-    dtype = torch.promote_types(mu.dtype, logb.dtype)
-    mu, logb = mu.to(dtype), logb.to(dtype)
+    chosen = (resolve_backend(backend, mu.device.type) if torch.compiler.is_compiling()
+              else resolve_backend_cached(backend, mu.device.type))
+    if isinstance(lam, torch.Tensor):
+        # Non-finite policy: a negative, NaN or inf threshold is an error where checking
+        # costs no host synchronisation: the C++ kernels check while they read it, the
+        # reference here; the Triton kernels (CUDA) write NaN where it applies instead,
+        # unless $VSC_KERNELS_CHECK_VALUES=1 asks for this check (one sync).
+        if chosen == "reference" or (chosen == "triton" and _checks.value_checks_requested()):
+            _checks.finite_non_negative_values("lam", lam)
+    if mu.dtype != logb.dtype:
+        dtype = torch.promote_types(mu.dtype, logb.dtype)
+        mu, logb = mu.to(dtype), logb.to(dtype)
+    dtype = mu.dtype
     seed = draw_seed(mu.device, generator)
 
     if chosen == "reference":
@@ -188,19 +249,26 @@ def threshold_sample(mu: torch.Tensor, logb: torch.Tensor, lam, *, num_samples: 
 
     d = mu.shape[-1]
     J = 1 if num_samples is None else num_samples
-    rows = math.prod(mu.shape[:-1])
-    mu2, logb2 = mu.reshape(rows, d), logb.reshape(rows, d)
+    if mu.dim() == 2:  # the common (rows, d) case needs no reshape
+        rows = mu.shape[0]
+        mu2, logb2 = mu, logb
+    else:
+        rows = math.prod(mu.shape[:-1])
+        mu2, logb2 = mu.reshape(rows, d), logb.reshape(rows, d)
     lam_tensor, lam_value = None, 0.0
     if isinstance(lam, torch.Tensor):
         lam_tensor = lam.expand(out_shape).reshape(rows, J, d)
     else:
         lam_value = lam
-    z, kl = _threshold_sample_op(mu2, logb2, lam_tensor, lam_value, seed, J, base, estimator,
-                                 warmup, return_kl, prior_scale, chosen)
-    z = z.reshape(out_shape)
+    z, kl = _run_kernels(mu2, logb2, lam_tensor, lam_value, seed, J, base, estimator, warmup,
+                         return_kl, prior_scale, chosen)
+    if num_samples is None or mu.dim() != 2:
+        z = z.reshape(out_shape)
     if not return_kl:
         return z
-    return z, kl.to(dtype).reshape(mu.shape[:-1])
+    if kl.dtype != dtype:
+        kl = kl.to(dtype)
+    return z, kl.reshape(mu.shape[:-1])
 
 
 def kl_divergence(mu: torch.Tensor, logb: torch.Tensor, *, base: str = "laplace",

@@ -36,6 +36,18 @@ def base_scale(logb: torch.Tensor, base: str) -> torch.Tensor:
     return torch.exp(logb) if base == "laplace" else torch.exp(0.5 * logb)
 
 
+def zero_branch(mu: torch.Tensor, logb: torch.Tensor) -> torch.Tensor:
+    """The value of the threshold's zero branch: ``(mu - mu) + (logb - logb)``, which is
+    ``+0.0`` for finite inputs and NaN where ``mu`` or ``logb`` is NaN or infinite (the
+    non-finite policy: such an input never becomes a zero of ``z``)."""
+    return (mu - mu) + (logb - logb)
+
+
+def sign_keeping_nan(x: torch.Tensor) -> torch.Tensor:
+    """``torch.sign``, except that a NaN stays NaN (``torch.sign(nan)`` is 0)."""
+    return torch.where(torch.isnan(x), x, torch.sign(x))
+
+
 def shifted_soft_threshold(s: torch.Tensor, lam, mu: torch.Tensor) -> torch.Tensor:
     """Eq. (2): exactly zero where ``|s - mu| <= lam``, else ``s - sign(s - mu) lam``."""
     delta = s - mu
@@ -105,11 +117,12 @@ def threshold_sample(mu, logb, lam, *, seed: torch.Tensor | None = None,
     # Appendix B: s = mu + w * b * eps, written as s - mu = delta to keep it exact.
     delta = warmup * base_scale(logb_w, base) * eps
     s = mu_w + delta
-    active = delta.abs() > lam_w
+    # The zero branch of eq. (2) is taken where |delta| <= lam (a NaN delta is active).
+    active = ~(delta.abs() <= lam_w)
+    zero = zero_branch(mu_w, logb_w).detach().expand_as(s)
     # Eq. (2) on sg[s]: zero where |s - mu| <= lam, else s - sign(s - mu) lam.
     s_sg = s.detach()
-    thresholded = torch.where(active.detach(), s_sg - torch.sign(delta.detach()) * lam_w,
-                              torch.zeros_like(s_sg))
+    thresholded = torch.where(active.detach(), s_sg - torch.sign(delta.detach()) * lam_w, zero)
     if estimator == "straight":
         # Eq. (4): z~ = s + T(sg[s]) - sg[s].
         z = s + (thresholded - s_sg)
@@ -118,7 +131,7 @@ def threshold_sample(mu, logb, lam, *, seed: torch.Tensor | None = None,
         z = s + (thresholded - s_sg) + active * (mu_w - mu_w.detach())
     else:
         # Exact almost-everywhere gradient of z = T(s): zero where z is zero.
-        z = torch.where(active, s - torch.sign(delta.detach()) * lam_w, torch.zeros_like(s))
+        z = torch.where(active, s - torch.sign(delta.detach()) * lam_w, zero)
     z = z.to(out_dtype)
     if not return_kl:
         return z
@@ -147,8 +160,10 @@ def threshold_sample_forward(mu, logb, lam, lam_value, seed, num_samples, base, 
     work = compute_dtype(mu.dtype)
     delta = _delta(mu, logb, seed, num_samples, base, warmup, work)
     lam_w = _lam_work(lam, lam_value, work)
-    s = mu.to(work)[:, None, :] + delta
-    z = torch.where(delta.abs() > lam_w, s - torch.sign(delta) * lam_w, torch.zeros_like(s))
+    mu_w, logb_w = mu.to(work), logb.to(work)
+    s = mu_w[:, None, :] + delta
+    zero = zero_branch(mu_w, logb_w)[:, None, :].expand_as(s)
+    z = torch.where(delta.abs() <= lam_w, zero, s - torch.sign(delta) * lam_w)
     kl = None
     if return_kl:
         kl = kl_divergence(mu.to(work), logb.to(work), base, prior_scale).sum(-1)
@@ -176,13 +191,14 @@ def threshold_sample_backward(grad_z, grad_kl, mu, logb, lam, lam_value, seed, n
     subgradient         grad_mu = sum_j g a,        grad_logb = sum_j g a ds/dlogb
     straight_shift      grad_mu = sum_j g (1 + a),  grad_logb as straight
     grad_lam = -g sign(delta) a for every estimator; ds/dlogb = delta (Laplace) or
-    delta / 2 (Gaussian).
+    delta / 2 (Gaussian). ``a`` is 1 where ``|delta| <= lam`` is false (so also for a NaN
+    delta, whose ``sign`` stays NaN in ``grad_lam``).
     """
     work = compute_dtype(mu.dtype)
     delta = _delta(mu, logb, seed, num_samples, base, warmup, work)
     lam_w = _lam_work(lam, lam_value, work)
     g = grad_z.to(work)
-    active = (delta.abs() > lam_w).to(work)
+    active = (~(delta.abs() <= lam_w)).to(work)  # a NaN delta is on the active branch
     ds_dlogb = delta if base == "laplace" else 0.5 * delta
     if estimator == "straight":
         g_mu, g_logb = g, g * ds_dlogb
@@ -197,5 +213,5 @@ def threshold_sample_backward(grad_z, grad_kl, mu, logb, lam, lam_value, seed, n
         grad_logb = grad_logb + grad_kl.to(work)[:, None] * d_logb
     grad_lam = None
     if lam_requires_grad:
-        grad_lam = -g * torch.sign(delta) * active
+        grad_lam = -g * sign_keeping_nan(delta) * active
     return grad_mu.to(mu.dtype), grad_logb.to(mu.dtype), grad_lam

@@ -169,6 +169,7 @@ def _threshold_sample_fwd_kernel(
         mu_ptr, logb_ptr, M, d, stride_mu_m, stride_mu_d, stride_lb_m, stride_lb_d,
         BASE, BLOCK_M, BLOCK_D)
     wscale = warmup * scale
+    zero = (mu - mu) + (logb - logb)
     k0, k1, o0, o1 = _seed_words(seed_ptr)
 
     j_start = pid_j.to(tl.int64) * j_chunk
@@ -179,7 +180,11 @@ def _threshold_sample_fwd_kernel(
             rows, cols, groups, mask, j, J, d4, wscale, k0, k1, o0, o1, lam_ptr, lam_value,
             stride_lam_m, stride_lam_j, stride_lam_d, BASE, HAS_LAM)
         s = mu + delta
-        z = tl.where(tl.abs(delta) > lam, s - _sign(delta) * lam, 0.0)
+        # zero branch where |delta| <= lam: 0, or NaN where mu or logb is not finite
+        z = tl.where(tl.abs(delta) <= lam, zero, s - _sign(delta) * lam)
+        if HAS_LAM:
+            # a negative, NaN or inf threshold is not checked on the host (no sync): NaN
+            z = tl.where((lam >= 0.0) & (lam < float("inf")), z, float("nan"))
         tl.store(z_ptr + r[:, None] * d + cols[None, :], z.to(z_ptr.dtype.element_ty), mask=mask)
 
     if RETURN_KL:
@@ -226,7 +231,9 @@ def _threshold_sample_bwd_kernel(
         delta, lam = _sample_delta_lam(
             rows, cols, groups, mask, j, J, d4, wscale, k0, k1, o0, o1, lam_ptr, lam_value,
             stride_lam_m, stride_lam_j, stride_lam_d, BASE, HAS_LAM)
-        active = tl.abs(delta) > lam
+        # a = 1 unless |delta| <= lam (a NaN delta is active), applied by multiplication
+        # as in the reference (a NaN g stays NaN)
+        act = tl.where(tl.abs(delta) <= lam, 0.0, 1.0)
         if BASE == 0:
             ds_dlogb = delta
         else:
@@ -235,14 +242,15 @@ def _threshold_sample_bwd_kernel(
             acc_mu += g
             acc_logb += g * ds_dlogb
         elif ESTIMATOR == 1:    # subgradient: zero where z is zero
-            g_active = tl.where(active, g, 0.0)
+            g_active = g * act
             acc_mu += g_active
             acc_logb += g_active * ds_dlogb
         else:                   # straight_shift: grad_mu = g (1 + a)
-            acc_mu += tl.where(active, g + g, g)
+            acc_mu += g * (1.0 + act)
             acc_logb += g * ds_dlogb
         if LAM_GRAD:
-            grad_lam = tl.where(active, -g * _sign(delta), 0.0)
+            sign = tl.where(delta != delta, delta, _sign(delta))   # NaN stays NaN
+            grad_lam = -g * sign * act
             tl.store(grad_lam_ptr + r[:, None] * d + cols[None, :],
                      grad_lam.to(grad_lam_ptr.dtype.element_ty), mask=mask)
 
@@ -290,6 +298,22 @@ def _warps_for(tile: int) -> int:
 
 def _launch_config(M: int, J: int, d: int, device: torch.device, j_split: int | None = None,
                    min_chunk: int = 1):
+    """The launch configuration of :func:`_compute_launch_config`, cached per shape (a
+    per-call cost on the paper's small shapes)."""
+    interpreted = _interpreted() or device.type != "cuda"
+    index = None
+    if not interpreted:
+        index = device.index if device.index is not None else torch.cuda.current_device()
+    return _cached_launch_config(M, J, d, interpreted, index, j_split, min_chunk)
+
+
+@functools.lru_cache(maxsize=1024)
+def _cached_launch_config(M, J, d, interpreted, index, j_split, min_chunk):
+    return _compute_launch_config(M, J, d, interpreted, index, j_split, min_chunk)
+
+
+def _compute_launch_config(M: int, J: int, d: int, interpreted: bool, index: int | None,
+                           j_split: int | None, min_chunk: int):
     """Block sizes, warps and the J chunking (a heuristic; no autotuning).
 
     GPU: a [BLOCK_M, BLOCK_D] tile of about 1024 elements (BLOCK_D = next power of 2 of
@@ -301,7 +325,6 @@ def _launch_config(M: int, J: int, d: int, device: torch.device, j_split: int | 
     program costs far more than its elements, so tiles of up to 32768 elements and no
     splitting. ``j_split`` forces the number of J chunks (tests).
     """
-    interpreted = _interpreted() or device.type != "cuda"
     block_d = max(4, triton.next_power_of_2(d))
     if interpreted:
         block_d = min(block_d, 4096)
@@ -314,7 +337,6 @@ def _launch_config(M: int, J: int, d: int, device: torch.device, j_split: int | 
     if interpreted:
         want_warps = 0
     else:
-        index = device.index if device.index is not None else torch.cuda.current_device()
         n_sm = _num_sms(index)
         want_warps = 32 * n_sm
         # smaller tiles only to spread a small grid over the SMs (the warp count of the
@@ -345,6 +367,7 @@ def _lam_args(lam: torch.Tensor | None, mu: torch.Tensor):
     return lam, lam.stride(0), lam.stride(1), lam.stride(2), True
 
 
+@functools.lru_cache(maxsize=64)
 def _log_prior_scale(prior_scale: float) -> float:
     # the reference computes log(prior_scale) in float32 (float64 values round to it)
     return float(torch.log(torch.tensor(float(prior_scale), dtype=torch.float32)))

@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# One GPU session, about 8 minutes: the CUDA tests of the ops, then every GPU benchmark,
+# each step under its own time limit so that one slow step cannot eat the others' time.
+#
+#   bash bench/gpu_check.sh [OUT]      # OUT: where the JSON and logs go (default bench/results)
+#
+# On the device machine of the `run` tool, pass its $OUT so that the files come back:
+#   run: bash bench/gpu_check.sh "$OUT"          (timeout_s 560)
+# then copy them into bench/results/ here. Writes:
+#   gpu_tests.log                    the pytest output (CUDA tensors: Triton backend)
+#   overhead_cuda.json               per-call overhead vs eager (tiny inputs)
+#   threshold_sample_quick_cuda.json, elbo_select_quick_cuda.json,
+#   linear_elbo_quick_cuda.json, fista_quick_cuda.json, sparse_decode_quick_cuda.json
+#   gpu_check.log                    this script's own log (step times, exit codes)
+set -u
+cd "$(dirname "$0")/.."
+OUT="${1:-bench/results}"
+mkdir -p "$OUT"
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+PY="${PYTHON:-python}"
+LOG="$OUT/gpu_check.log"
+: > "$LOG"
+
+step() {  # step NAME SECONDS COMMAND...
+    local name="$1" limit="$2"; shift 2
+    local start=$SECONDS
+    echo "=== $name (limit ${limit}s): $*" | tee -a "$LOG"
+    timeout --signal=INT --kill-after=10 "$limit" "$@" 2>&1 | tail -n 60 | tee -a "$LOG"
+    local rc=${PIPESTATUS[0]}
+    echo "=== $name: rc=$rc in $((SECONDS - start)) s" | tee -a "$LOG"
+}
+
+{
+    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv || true
+    "$PY" -c "import torch, triton; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'triton', triton.__version__, torch.cuda.get_device_name())"
+} 2>&1 | tee -a "$LOG"
+
+# 1. The ops' tests on CUDA tensors (the Triton kernels compiled for the GPU), ~150 s.
+#    Not the vsc end-to-end training tests (CPU) nor the statistical slow tests.
+step tests 170 "$PY" -m pytest -q --maxfail=5 -p no:cacheprovider -m "not slow" \
+    tests/test_philox.py tests/test_threshold_sample_backends.py \
+    tests/test_threshold_sample_compile.py tests/test_nonfinite.py tests/test_elbo_select.py \
+    tests/test_linear_elbo.py tests/test_fista.py tests/test_sparse_decode.py \
+    --junitxml="$OUT/gpu_tests.xml" -o junit_family=xunit2
+
+# 2. Benchmarks (--quick shapes; each writes <op>[_quick]_cuda.json into $OUT), ~300 s.
+step overhead 40 "$PY" bench/overhead.py --device cuda --out "$OUT"
+step threshold_sample 80 "$PY" bench/threshold_sample.py --quick --device cuda --out "$OUT"
+step elbo_select 50 "$PY" bench/elbo_select.py --quick --device cuda --out "$OUT"
+step linear_elbo 70 "$PY" bench/linear_elbo.py --quick --device cuda --out "$OUT"
+step fista 40 "$PY" bench/fista.py --quick --device cuda --max-iter 200 --sklearn-rows 0 \
+    --out "$OUT"
+step sparse_decode 30 "$PY" bench/sparse_decode.py --quick --device cuda --out "$OUT"
+echo "done in $SECONDS s; results in $OUT" | tee -a "$LOG"

@@ -1,0 +1,30 @@
+// The kernels of csrc/vec_kernels.h for AVX-512 (F, BW, VL, DQ), the instruction set of
+// ATen's AVX512 CPU capability; see csrc/cpu_kernels.h.
+#include "vec_prelude.h"
+
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c,bmi,bmi2,popcnt")
+// GCC's target pragma does not define the feature macros that <sleef.h> and at::vec test.
+#define __AVX__ 1
+#define __AVX2__ 1
+#define __FMA__ 1
+#define __F16C__ 1
+#define __AVX512F__ 1
+#define __AVX512BW__ 1
+#define __AVX512VL__ 1
+#define __AVX512DQ__ 1
+#define CPU_CAPABILITY AVX512
+#define CPU_CAPABILITY_AVX512
+#include <ATen/cpu/vec/vec.h>
+#define VSC_KERNELS_NAME "avx512"
+#define VSC_KERNELS_GETTER kernels_avx512
+#include "vec_kernels.h"
+#pragma GCC pop_options
+#else
+namespace vsc {
+namespace cpu {
+const Kernels* kernels_avx512() { return nullptr; }
+}  // namespace cpu
+}  // namespace vsc
+#endif
