@@ -350,6 +350,8 @@ def dictionaries(run_dirs: list[str], out: str) -> Path:
             label += f", {summary['sampling']} J={summary['num_samples']}"
         if summary:
             label += f"\nval. loss {summary['val_loss']:.4g}, {summary['pct_nonzero']:.1f}% non-zero"
+            if "gabor_like_atoms_pct" in summary:
+                label += f", {summary['gabor_like_atoms_pct']:.0f}% atoms localized+oriented"
         panels.append((label, state["generator"]["A"]))
     return plots.plot_dictionaries(panels, out)
 
