@@ -166,6 +166,7 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--quick", action="store_true", help="B=16, few repeats, not saved")
     parser.add_argument("--no-save", action="store_true")
+    parser.add_argument("--out", default=None, help="results folder (default bench/results)")
     parser.add_argument("--child", choices=PROVIDERS, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     device = torch.device(args.device)
@@ -218,7 +219,7 @@ def main(argv=None):
                              "image": [1, 28, 28], "architecture": "fmnist (Table 5)"},
                    "dtype": args.dtype, "repeats": repeats, "rows": rows,
                    "gradient_cosine_selected_vs_all": cosine}
-        print(f"wrote {common.write_results('dnn_step', device, payload)}")
+        print(f"wrote {common.write_results('dnn_step', device, payload, directory=args.out)}")
 
 
 if __name__ == "__main__":

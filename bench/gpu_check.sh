@@ -1,16 +1,17 @@
 #!/usr/bin/env bash
-# One GPU session, about 8 minutes: the CUDA tests of the ops, then every GPU benchmark,
+# One GPU session, about 9 minutes: the CUDA tests of the ops, then every GPU benchmark,
 # each step under its own time limit so that one slow step cannot eat the others' time.
 #
 #   bash bench/gpu_check.sh [OUT]      # OUT: where the JSON and logs go (default bench/results)
 #
 # On the device machine of the `run` tool, pass its $OUT so that the files come back:
-#   run: bash bench/gpu_check.sh "$OUT"          (timeout_s 560)
+#   run: bash bench/gpu_check.sh "$OUT"          (timeout_s 600)
 # then copy them into bench/results/ here. Writes:
 #   gpu_tests.log                    the pytest output (CUDA tensors: Triton backend)
 #   overhead_cuda.json               per-call overhead vs eager (tiny inputs)
 #   threshold_sample_quick_cuda.json, elbo_select_quick_cuda.json,
-#   linear_elbo_quick_cuda.json, fista_quick_cuda.json, sparse_decode_quick_cuda.json
+#   linear_elbo_quick_cuda.json, fista_quick_cuda.json, sparse_decode_quick_cuda.json,
+#   dnn_step_cuda.json
 #   gpu_check.log                    this script's own log (step times, exit codes)
 set -u
 cd "$(dirname "$0")/.."
@@ -51,4 +52,6 @@ step linear_elbo 70 "$PY" bench/linear_elbo.py --quick --device cuda --out "$OUT
 step fista 40 "$PY" bench/fista.py --quick --device cuda --max-iter 200 --sklearn-rows 0 \
     --out "$OUT"
 step sparse_decode 30 "$PY" bench/sparse_decode.py --quick --device cuda --out "$OUT"
+# 3. The DNN training step (issue 12): B=512, bf16, against the public code's pattern.
+step dnn_step 60 "$PY" bench/dnn_step.py --device cuda --repeats 5 --out "$OUT"
 echo "done in $SECONDS s; results in $OUT" | tee -a "$LOG"

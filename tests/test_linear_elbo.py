@@ -516,7 +516,7 @@ def test_only_loss_is_differentiable():
     (dict(kl=torch.ones(3, dtype=torch.int32)), TypeError, r"kl must have a floating-point"),
     (dict(beta=-1.0), ValueError, r"beta must be >= 0"),
     (dict(beta="1"), TypeError, r"beta must be a real number"),
-    (dict(method="min"), ValueError, r"method must be one of \('max', 'avg', 'iwae'\)"),
+    (dict(method="min"), ValueError, r"method must be one of \('max', 'avg', 'iwae', 'softmin'\)"),
     (dict(recon="l2"), ValueError, r"recon must be one of \('sum', 'mean'\)"),
     (dict(backend="cuda"), ValueError, r"backend must be one of"),
 ])

@@ -105,7 +105,7 @@ def test_linear_generator_training_step_ops_do_not_synchronise(tmp_path):
         with SyncCounter() as mode:
             for optimizer in trainer.optimizers.values():
                 optimizer.zero_grad(set_to_none=True)
-            loss, _ = trainer.loss(x, step)
+            loss = trainer.loss(x, step)[0]
             loss.backward()
             for optimizer in trainer.optimizers.values():
                 optimizer.step()

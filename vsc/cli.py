@@ -95,7 +95,7 @@ def _train_dnn(args, config, out: Path) -> int:
                             stop_after_steps=args.stop_after_steps)
     except runs.Interrupted as stop:
         if main_rank:
-            print(f"vsc train: {stop}\\nresume with: {_resume_command(out)}",
+            print(f"vsc train: {stop}\nresume with: {_resume_command(out)}",
                   file=sys.stderr, flush=True)
         return stop.exit_code
     if main_rank:
@@ -137,7 +137,7 @@ def _sweep(args) -> int:
                              parse_list(args.latent_dims, int), parse_list(args.pct),
                              parse_list(args.seeds, int), args.out_root, args.nproc)
     if not args.run:
-        print("\\n".join(run["command"] for run in planned))
+        print("\n".join(run["command"] for run in planned))
         return 0
     return 1 if run_sweep(planned, args.nproc) else 0
 
