@@ -527,3 +527,16 @@ def test_atom_shapes_bad_inputs():
         M.atom_shapes(torch.zeros(256))
     with pytest.raises(ValueError, match="^window"):
         M.atom_shapes(torch.zeros(256, 3), window=17)
+
+
+def test_duplicate_atoms():
+    g = torch.Generator().manual_seed(0)
+    A = torch.randn(256, 6, generator=g, dtype=torch.float64)
+    assert M.duplicate_atom_fraction(A) == 0.0           # random directions in 256-D
+    A[:, 1] = -2.0 * A[:, 0]                             # same atom, other sign and scale
+    A[:, 2] = A[:, 3] + 0.1 * torch.randn(256, generator=g, dtype=torch.float64)
+    A[:, 5] = 0.0                                        # no direction: no duplicate
+    assert M.duplicate_atom_fraction(A) == pytest.approx(4 / 6)
+    assert M.duplicate_atom_fraction(A, min_cosine=0.999) == pytest.approx(2 / 6)  # 0 and 1
+    with pytest.raises(ValueError, match="^min_cosine"):
+        M.duplicate_atom_fraction(A, min_cosine=-0.1)

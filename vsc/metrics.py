@@ -15,7 +15,8 @@ dimension 256), so the results do not depend on the dtype the model ran in.
 * :func:`pairwise_jaccard`, :func:`active_atoms` -- support consistency, eq. (13),
   Figure 5.
 * :func:`atom_shapes`, :func:`gabor_like_fraction` -- how many dictionary atoms are
-  localized and oriented (the look of Figure 3), a number for what the eye judges.
+  localized and oriented (the look of Figure 3), a number for what the eye judges;
+  :func:`duplicate_atom_fraction` -- how many repeat another atom (Figure 18).
 
 DNN generators (section 4.2):
 
@@ -51,6 +52,7 @@ __all__ = [
     "pairwise_jaccard",
     "atom_shapes",
     "gabor_like_fraction",
+    "duplicate_atom_fraction",
     "mse_per_pixel",
     "frechet_distance",
     "estimated_dictionary",
@@ -544,6 +546,24 @@ def gabor_like_fraction(A: torch.Tensor, patch_shape: tuple[int, int] = (16, 16)
     localization, orientation = atom_shapes(A, patch_shape)
     good = (localization > min_localization) & (orientation > min_orientation)
     return float(good.double().mean()) if good.numel() else float("nan")
+
+
+def duplicate_atom_fraction(A: torch.Tensor, min_cosine: float = 0.8) -> float:
+    """Fraction of the atoms (columns of ``A``) that have a near-duplicate: another atom
+    with ``|cos| > min_cosine``. A dictionary of repeated features (Figure 18's average
+    and IWAE sampling) scores near 1 even when every atom is localized and oriented;
+    FISTA's, about 0.03. A zero atom has no direction and counts as no duplicate."""
+    _check_tensor("A", A, 2)
+    min_cosine = _check_nonneg("min_cosine", min_cosine)
+    if A.shape[1] == 0:
+        return float("nan")
+    A = A.detach().double()
+    norms = A.norm(dim=0)
+    units = A / norms.clamp_min(torch.finfo(torch.float64).tiny)
+    cosine = (units.T @ units).abs()
+    cosine.fill_diagonal_(0.0)
+    duplicated = (cosine > min_cosine).any(dim=1) & (norms > 0)
+    return float(duplicated.double().mean())
 
 
 # ================================================================ DNN generators (4.2)

@@ -518,6 +518,7 @@ class Trainer:
             "feature_collapse_pct": metrics.feature_collapse(codes[:c.eval_rows]),
             # localized and oriented atoms (Figure 3's look; vsc.metrics.atom_shapes)
             "gabor_like_atoms_pct": 100 * metrics.gabor_like_fraction(A, (side, side)),
+            "duplicate_atoms_pct": 100 * metrics.duplicate_atom_fraction(A),
             "device": str(self.device),
         }
         if self.variational:
