@@ -20,7 +20,7 @@ import torch
 
 from vsc import runs
 from vsc.cli import main
-from vsc.config import Config
+from vsc.config import QUICK, Config
 from vsc_kernels._extension import cpp_available
 
 SMALL = dict(n_train=400, n_val=200, batch_size=50, num_samples=4, eval_rows=100, iwae_k=8,
@@ -91,7 +91,9 @@ def test_help_is_plain_text_and_lists_how_to_find_the_keys(capsys):
     assert re.search(r"^epochs +int +300 ", text, re.M)
     assert re.search(r"^sampling +str +\"max\" +one of max, avg, iwae", text, re.M)
     assert main(["keys", "quick"]) == 0
-    assert re.search(r"^epochs +int +10 ", capsys.readouterr().out, re.M)
+    text = capsys.readouterr().out     # the values quick sets: the quick schedule's epochs,
+    assert re.search(rf"^epochs +int +{QUICK['epochs']} ", text, re.M)  # its own beta
+    assert re.search(r"^beta +float +0.001 ", text, re.M)
 
 
 def test_resume_with_nothing_to_resume_says_so(tmp_path, capsys):

@@ -8,6 +8,7 @@ import pytest
 
 from vsc.cli import main, resolve_config_path, shipped_configs
 from vsc.config import QUICK, Config, load_config
+from vsc.priors import make_prior
 
 TABLE1_ROWS = ["fista"] + [f"{row}_J{J}" for J in (1, 20) for row in (
     "gaussian", "laplacian", "spike_slab", "thresholded_gaussian", "thresholded_gaussian_gamma",
@@ -77,6 +78,10 @@ def test_shipped_configs_follow_the_public_code_and_the_quick_job_is_the_papers_
     assert (quick.method, quick.prior, quick.num_samples, quick.sampling) == (
         "variational", "thresholded_laplacian", 20, "max")
     assert quick.sampler_estimator == "straight_shift" and quick.elbo_method == "max"
+    # the quick schedule's scale warm-up ends within the first quarter of the run
+    steps = quick.epochs * -(-quick.n_train // quick.batch_size)
+    prior = make_prior(quick.prior, quick.latent_dim, **quick.prior_options())
+    assert prior.warmup(steps // 4) == 1.0 > prior.warmup(0)
     rows = {(c.estimator, c.num_samples) for c in
             (load_config(shipped[f"table2/thresholded_laplacian_{e}_J{J}"])
              for e in ("ST", "SG") for J in (1, 20))}

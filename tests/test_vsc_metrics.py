@@ -483,3 +483,60 @@ def test_plot_metric_curves_from_jsonl(tmp_path):
         P.plot_metric_curves(records, ["missing"], tmp_path / "c2.png")
     with pytest.raises(ValueError, match="^records"):
         P.plot_metric_curves([], ["val_loss"], tmp_path / "c2.png")
+
+
+# -------------------------------------------------------- atom shapes (Figure 3)
+
+def _gabor(side=16, sigma=2.0, theta=0.7, freq=0.2, center=(7.5, 7.5)):
+    y, x = torch.meshgrid(torch.arange(side, dtype=torch.float64),
+                          torch.arange(side, dtype=torch.float64), indexing="ij")
+    u = (x - center[1]) * math.cos(theta) + (y - center[0]) * math.sin(theta)
+    envelope = torch.exp(-((x - center[1]) ** 2 + (y - center[0]) ** 2) / (2 * sigma ** 2))
+    return (envelope * torch.cos(2 * math.pi * freq * u)).flatten()
+
+
+def test_atom_shapes_tell_gabors_from_noise_blobs_and_gratings():
+    g = torch.Generator().manual_seed(0)
+    gabors = torch.stack([_gabor(sigma=s, theta=t, freq=f, center=c)
+                          for s in (1.5, 2.0, 3.0) for t in (0.0, 0.7, 2.0)
+                          for f in (0.2, 0.3) for c in ((7.5, 7.5), (4.0, 11.0))], 1)
+    noise = torch.randn(256, 200, generator=g, dtype=torch.float64)
+    y, x = torch.meshgrid(torch.arange(16.0), torch.arange(16.0), indexing="ij")
+    blob = torch.exp(-((x - 7.5) ** 2 + (y - 7.5) ** 2) / 8.0).flatten()[:, None]
+    grating = torch.cos(2 * math.pi * 0.25 * x).flatten()[:, None]   # oriented, not local
+    loc, ori = M.atom_shapes(gabors)
+    assert (loc > 0.6).all() and (ori > 0.5).all()
+    loc, ori = M.atom_shapes(noise)
+    assert (loc < 0.5).all() and (ori < 0.4).all()
+    loc, ori = M.atom_shapes(blob)
+    assert loc.item() > 0.9 and ori.item() == pytest.approx(0.0, abs=1e-12)
+    loc, ori = M.atom_shapes(grating)
+    assert loc.item() == pytest.approx(0.25, abs=0.02) and ori.item() == pytest.approx(1.0)
+    # scale and sign of an atom do not matter
+    assert torch.allclose(torch.stack(M.atom_shapes(-3.0 * gabors)),
+                          torch.stack(M.atom_shapes(gabors)))
+    mixed = torch.cat([gabors[:, :12], noise[:, :4], blob, grating], 1)
+    assert M.gabor_like_fraction(mixed) == pytest.approx(12 / 18)
+    assert M.gabor_like_fraction(noise) == 0.0
+
+
+def test_atom_shapes_bad_inputs():
+    with pytest.raises(ValueError, match="^A"):
+        M.atom_shapes(torch.zeros(255, 3))
+    with pytest.raises(ValueError, match="^A"):
+        M.atom_shapes(torch.zeros(256))
+    with pytest.raises(ValueError, match="^window"):
+        M.atom_shapes(torch.zeros(256, 3), window=17)
+
+
+def test_duplicate_atoms():
+    g = torch.Generator().manual_seed(0)
+    A = torch.randn(256, 6, generator=g, dtype=torch.float64)
+    assert M.duplicate_atom_fraction(A) == 0.0           # random directions in 256-D
+    A[:, 1] = -2.0 * A[:, 0]                             # same atom, other sign and scale
+    A[:, 2] = A[:, 3] + 0.1 * torch.randn(256, generator=g, dtype=torch.float64)
+    A[:, 5] = 0.0                                        # no direction: no duplicate
+    assert M.duplicate_atom_fraction(A) == pytest.approx(4 / 6)
+    assert M.duplicate_atom_fraction(A, min_cosine=0.999) == pytest.approx(2 / 6)  # 0 and 1
+    with pytest.raises(ValueError, match="^min_cosine"):
+        M.duplicate_atom_fraction(A, min_cosine=-0.1)

@@ -334,7 +334,7 @@ def dictionaries(run_dirs: list[str], out: str) -> Path:
     """One figure with each run's dictionary (Figure 3 / 18), titled by its method."""
     import torch
 
-    from . import plots
+    from . import metrics, plots
     from .train import CHECKPOINT
 
     panels = []
@@ -350,7 +350,13 @@ def dictionaries(run_dirs: list[str], out: str) -> Path:
             label += f", {summary['sampling']} J={summary['num_samples']}"
         if summary:
             label += f"\nval. loss {summary['val_loss']:.4g}, {summary['pct_nonzero']:.1f}% non-zero"
-        panels.append((label, state["generator"]["A"]))
+        A = state["generator"]["A"]
+        side = math.isqrt(A.shape[0])
+        if side * side == A.shape[0]:
+            label += (f"\natoms: {100 * metrics.gabor_like_fraction(A, (side, side)):.0f}% "
+                      f"localized+oriented, {100 * metrics.duplicate_atom_fraction(A):.0f}% "
+                      "near-duplicates")
+        panels.append((label, A))
     return plots.plot_dictionaries(panels, out)
 
 

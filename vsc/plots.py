@@ -105,7 +105,7 @@ def plot_dictionaries(panels: Sequence[tuple[str, object]], path,
         ax.set_axis_off()
     fig.suptitle("Dictionaries, atoms sorted by norm (each scaled to its own max |value|)",
                  fontsize=9)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 0.95))   # keep the suptitle above the panel titles
     return _save_png(fig, path)
 
 

@@ -516,6 +516,9 @@ class Trainer:
             "pct_nonzero": metrics.percent_nonzero(codes),
             "multi_information": metrics.multi_information(codes[:c.eval_rows]),
             "feature_collapse_pct": metrics.feature_collapse(codes[:c.eval_rows]),
+            # localized and oriented atoms (Figure 3's look; vsc.metrics.atom_shapes)
+            "gabor_like_atoms_pct": 100 * metrics.gabor_like_fraction(A, (side, side)),
+            "duplicate_atoms_pct": 100 * metrics.duplicate_atom_fraction(A),
             "device": str(self.device),
         }
         if self.variational:
