@@ -42,8 +42,33 @@ def synchronize(device: torch.device):
 
 
 # The clock of time_call (the hardware-limit measurements): scripts run with --cpu-time set
-# it to time.process_time, so that limits and timings are measured alike.
+# it to time.process_time (apply_timing_options), so that limits and timings are measured
+# alike.
 CLOCK = time.perf_counter
+
+
+def add_timing_options(parser, *, rounds: bool = True) -> None:
+    """The options every timing script takes: ``--rounds`` (unless the script has its
+    own), ``--threads``, ``--cpu-time``, ``--out`` and ``--no-save``."""
+    if rounds:
+        parser.add_argument("--rounds", type=int, default=None, help="interleaved timing rounds")
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU)")
+    parser.add_argument("--cpu-time", action="store_true",
+                        help="time with the process CPU time (steadier with --threads 1 on a "
+                             "busy machine)")
+    parser.add_argument("--out", default=None, help="results folder (default bench/results)")
+    parser.add_argument("--no-save", action="store_true")
+
+
+def apply_timing_options(args):
+    """Sets the thread count and the clock of :func:`time_call` from ``args``
+    (:func:`add_timing_options`) and returns that clock (its ``__name__`` is what the
+    results record)."""
+    global CLOCK
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    CLOCK = time.process_time if args.cpu_time else time.perf_counter
+    return CLOCK
 
 
 def time_call(fn, device: torch.device, *, warmup: int = 3, repeats: int = 20,

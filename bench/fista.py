@@ -176,20 +176,12 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--max-iter", type=int, default=500,
                         help="iteration cap (500 as in the issue; less for slow CPUs)")
-    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU)")
-    parser.add_argument("--cpu-time", action="store_true",
-                        help="time with the process CPU time (steadier with --threads 1)")
-    parser.add_argument("--out", default=None, help="results folder (default bench/results)")
-    parser.add_argument("--no-save", action="store_true")
+    common.add_timing_options(parser, rounds=False)
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     shapes = [(2000, 256, 256), (1024, 1024, 256)] if args.quick else SHAPES
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    if args.cpu_time:
-        common.CLOCK = time.process_time
-    rows = run(device, shapes, args.sklearn_rows, args.repeats, args.max_iter,
-               clock=time.process_time if args.cpu_time else time.perf_counter)
+    clock = common.apply_timing_options(args)
+    rows = run(device, shapes, args.sklearn_rows, args.repeats, args.max_iter, clock=clock)
     common.print_table(rows, [
         ("B", "B", "d"), ("d", "d", "d"), ("D", "D", "d"), ("mode", "mode", "s"),
         ("provider", "provider", "s"), ("time_s", "s", ".3f"),
@@ -201,7 +193,7 @@ def main(argv=None):
         payload = {"op": "fista", "environment": common.environment(device), "lam": LAM,
                    "dtype": "float32", "max_iter": args.max_iter, "quick": args.quick,
                    "threads": torch.get_num_threads(),
-                   "clock": "process_time" if args.cpu_time else "perf_counter",
+                   "clock": clock.__name__,
                    "results": rows}
         name = common.result_name("fista", args.quick)
         print(f"wrote {common.write_results(name, device, payload, directory=args.out)}")

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import functools
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -105,18 +104,11 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--rounds", type=int, default=21)
-    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU)")
-    parser.add_argument("--cpu-time", action="store_true",
-                        help="process CPU time instead of wall time (CPU device)")
     parser.add_argument("--quick", action="store_true", help="(same cases; fewer rounds)")
-    parser.add_argument("--out", default=None, help="results folder (default bench/results)")
-    parser.add_argument("--no-save", action="store_true")
+    common.add_timing_options(parser, rounds=False)
     args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    clock = common.apply_timing_options(args)
     device = torch.device(args.device)
-    clock = time.process_time if args.cpu_time else time.perf_counter
-    common.CLOCK = clock
     rounds = 9 if args.quick else args.rounds
     print(f"device: {common.device_name(device)}; backend: "
           f"{vsc_kernels.resolve_backend(None, device.type)}; load {common.load_average()}; "
@@ -132,7 +124,7 @@ def main(argv=None):
     common.print_table(rows, COLUMNS)
     if not args.no_save:
         result = common.payload("overhead", device, rows, rounds=rounds,
-                                clock="process_time" if args.cpu_time else "perf_counter",
+                                clock=clock.__name__,
                                 shapes={"threshold_sample": "mu (1, 8), J=4",
                                         "linear_elbo": "B=1, J=4, d=8, D=8",
                                         "elbo_select": "B=1, J=4, F=8"}, targets=TARGETS)

@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import functools
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -134,10 +133,6 @@ COLUMNS = [
 ]
 
 
-def _clock(args):
-    common.CLOCK = time.process_time if args.cpu_time else time.perf_counter
-    return common.CLOCK
-
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -145,17 +140,9 @@ def main(argv=None):
                         help="fp32 only, fewer rounds, no oracle (about a minute on 2 cores)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtypes", nargs="+", default=None, choices=list(DTYPES))
-    parser.add_argument("--rounds", type=int, default=None, help="interleaved timing rounds")
-    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU)")
-    parser.add_argument("--cpu-time", action="store_true",
-                        help="time with the process CPU time (steadier with --threads 1 on a "
-                             "busy machine)")
-    parser.add_argument("--out", default=None, help="results folder (default bench/results)")
-    parser.add_argument("--no-save", action="store_true")
+    common.add_timing_options(parser)
     args = parser.parse_args(argv)
-    clock = _clock(args)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    clock = common.apply_timing_options(args)
     device = torch.device(args.device)
     limit, source = common.cached_bandwidth_limit(str(device))
     print(f"device: {common.device_name(device)}; hardware limit {limit / 1e9:.1f} GB/s "
@@ -167,7 +154,7 @@ def main(argv=None):
     common.print_table(rows, COLUMNS)
     if not args.no_save:
         result = common.payload("threshold_sample", device, rows, quick=args.quick,
-                                clock="process_time" if args.cpu_time else "perf_counter",
+                                clock=clock.__name__,
                                 threads=torch.get_num_threads(),
                                 rounds=rounds, bandwidth_limit_GBps=limit / 1e9,
                                 bandwidth_limit_source=source, lam=LAM, base="laplace",
