@@ -268,6 +268,23 @@ def _format_table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip() for r in rows)
 
 
+def _grouped_table(groups: dict[tuple[str, int], list[dict]], columns, cell) -> str:
+    """One row per method label, one column per (metric, J): ``cell(runs, key)`` over the
+    runs (seeds) of that label and J, with ``(n=...)`` when there are several."""
+    labels = list(dict.fromkeys(label for label, _ in groups))
+    budgets = sorted({J for _, J in groups})
+    header = ["Method/Prior"] + [f"{title} J={J}" for _, title in columns for J in budgets]
+    rows = []
+    for label in labels:
+        row = [label]
+        for key, _ in columns:
+            for J in budgets:
+                runs = groups.get((label, J), [])
+                row.append(cell(runs, key) + (f" (n={len(runs)})" if len(runs) > 1 else ""))
+        rows.append(row)
+    return _format_table(header, rows)
+
+
 def table(run_dirs: list[str]) -> str:
     """Table-1-style text: one row per method, columns per metric and J, mean ± std
     over the runs (seeds) that share them. Validation losses are objective (10) in each
@@ -280,20 +297,10 @@ def table(run_dirs: list[str]) -> str:
         J = 1 if summary["method"] == "fista" else summary["num_samples"]
         groups[(_row_label(summary), J)].append(summary)
         weights.add(summary.get("objective_weight", 1.0))
-    labels = list(dict.fromkeys(label for label, _ in groups))
-    budgets = sorted({J for _, J in groups})
-    header = ["Method/Prior"] + [f"{title} J={J}" for _, title in TABLE_COLUMNS for J in budgets]
-    rows = []
-    for label in labels:
-        row = [label]
-        for key, _ in TABLE_COLUMNS:
-            for J in budgets:
-                runs = groups.get((label, J), [])
-                row.append(_mean_std([r.get(key) for r in runs]) + (f" (n={len(runs)})"
-                                                                      if len(runs) > 1 else ""))
-        rows.append(row)
+    text = _grouped_table(groups, TABLE_COLUMNS,
+                          lambda runs, key: _mean_std([r.get(key) for r in runs]))
     scale = " / ".join("0.5 ||x - Az||^2" if w == 0.5 else "||x - Az||^2" for w in sorted(weights))
-    return (_format_table(header, rows) + f"\nValidation loss: {scale} + 20 ||z||_1 per patch "
+    return (text + f"\nValidation loss: {scale} + 20 ||z||_1 per patch "
             "(objective 10; the paper's Table 1 uses 0.5 ||x - Az||^2).")
 
 
@@ -308,23 +315,13 @@ def table2(run_dirs: list[str]) -> str:
         estimator = {"subgradient": "SG"}.get(summary.get("estimator"), "ST")
         label = _row_label({**summary, "estimator": None}) + f" ({estimator})"
         groups[(label, summary["num_samples"])].append(summary)
-    labels = list(dict.fromkeys(label for label, _ in groups))
-    budgets = sorted({J for _, J in groups})
-    header = ["Method/Prior"] + [f"{title} J={J}" for _, title in TABLE2_COLUMNS for J in budgets]
-    rows = []
-    for label in labels:
-        row = [label]
-        for key, _ in TABLE2_COLUMNS:
-            for J in budgets:
-                runs = groups.get((label, J), [])
-                finished = [r.get(key) for r in runs if not r.get("diverged")]
-                nan = len(runs) - len(finished)
-                cell = _mean_std(finished) if finished else ("NaN" if runs else "-")
-                if finished and nan:
-                    cell += f", NaN in {nan}"
-                row.append(cell + (f" (n={len(runs)})" if len(runs) > 1 else ""))
-        rows.append(row)
-    return _format_table(header, rows) + (
+    def cell(runs: list[dict], key: str) -> str:
+        finished = [r.get(key) for r in runs if not r.get("diverged")]
+        nan = len(runs) - len(finished)
+        text = _mean_std(finished) if finished else ("NaN" if runs else "-")
+        return text + (f", NaN in {nan}" if finished and nan else "")
+
+    return _grouped_table(groups, TABLE2_COLUMNS, cell) + (
         "\nNaN: the run stopped on a non-finite loss or gradient (its diverged.json). "
         "SG: the exact subgradient of eq. (2); ST: straight-through (eq. 4, or the public "
         "code's variant under convention=\"public_code\").")
