@@ -88,27 +88,25 @@ def test_the_counter_sees_a_synchronisation():
     assert len(mode.syncs) >= 2
 
 
-def test_linear_generator_training_step_ops_do_not_synchronise(tmp_path):
-    """The variational linear-generator step (vsc.train.Trainer): the loss (encoder, prior
-    sample via threshold_sample, linear_elbo, Frobenius penalty), its backward and the
-    optimizer and scheduler steps. (Trainer.train_step itself also checks the loss for
-    NaN and reads it for the progress bar: two reads per step, outside the ops.)"""
+@pytest.mark.parametrize("sampling", ["max", "avg"])
+def test_the_linear_generator_training_step_does_not_synchronise(tmp_path, sampling):
+    """vsc.train.Trainer.train_step as the loop calls it: the loss (encoder, prior sample
+    via threshold_sample, linear_elbo, Frobenius penalty), its backward, the guarded
+    optimizer steps, the scheduler, and the step's loss / % non-zero / objective (10) /
+    health, which stay on the device until the loop reads them (every check_every steps,
+    in one transfer)."""
     from vsc.config import build_config
     from vsc.train import Trainer
 
     config = build_config(dict(n_train=200, n_val=100, batch_size=50, epochs=1, num_samples=4,
-                               cache_dir=str(tmp_path / "patches"),
+                               cache_dir=str(tmp_path / "patches"), sampling=sampling,
                                prior="thresholded_laplacian", learn_threshold=True))
     trainer = Trainer(config, tmp_path / "run", progress=False)
-    x = trainer.train_x[:50]
-    for step in range(2):
+    for step in range(3):
+        x = trainer.train_x[50 * step:50 * (step + 1)]
         with SyncCounter() as mode:
-            for optimizer in trainer.optimizers.values():
-                optimizer.zero_grad(set_to_none=True)
-            loss = trainer.loss(x, step)[0]
-            loss.backward()
-            for optimizer in trainer.optimizers.values():
-                optimizer.step()
-            for scheduler in trainer.schedulers.values():
-                scheduler.step()
+            trainer.train_step(x)
         assert mode.syncs == [], mode.syncs
+    trainer.read_monitor()
+    assert trainer.accumulator["batches"] == 3
+    assert trainer.accumulator["loss"] != 0.0 and trainer.accumulator["objective"] > 0.0

@@ -179,6 +179,51 @@ def test_a_diverging_run_stops_naming_the_step_and_keeps_its_checkpoint(tmp_path
         assert torch.isfinite(state["generator"]["A"]).all()
 
 
+@pytest.mark.parametrize("poison", ["loss", "gradient"])
+def test_a_non_finite_step_freezes_the_model_until_the_read_names_it(tmp_path, cache_dir,
+                                                                    poison):
+    """The step reads nothing back to the host (issue 11), so a non-finite loss or
+    gradient is only seen at the next read; meanwhile neither that step's update nor any
+    later one is applied, and the read names the first bad step and what went wrong."""
+    trainer = Trainer(small_config(cache_dir, learn_threshold=True), tmp_path, progress=False)
+    batches = trainer.train_x.split(50)
+    for x in batches[:2]:
+        trainer.train_step(x)
+    trainer.read_monitor()
+    healthy = {name: p.detach().clone() for name, p in
+               [*trainer.generator.named_parameters(), *trainer.encoder.named_parameters()]}
+    momentum = [b.clone() for b in trainer.optimizers["encoder"].state.values()
+                for b in [b["momentum_buffer"]]]
+    if poison == "loss":
+        loss = trainer.loss
+        trainer.loss = lambda x, step: (loss(x, step)[0] * float("nan"), *loss(x, step)[1:])
+    else:
+        trainer.generator.A.register_hook(lambda g: g * float("inf"))
+    for x in batches[2:5]:
+        trainer.train_step(x)
+    with pytest.raises(FloatingPointError) as error:
+        trainer.read_monitor()
+    what = "the loss is nan" if poison == "loss" else "a gradient is not finite"
+    assert f"{what} at step 2 " in str(error.value) and trainer.step == 2
+    for name, p in [*trainer.generator.named_parameters(), *trainer.encoder.named_parameters()]:
+        assert torch.equal(p, healthy[name]), name
+    after = [b["momentum_buffer"] for b in trainer.optimizers["encoder"].state.values()]
+    assert all(torch.equal(a, b) for a, b in zip(after, momentum, strict=True))
+
+
+def test_progress_sums_do_not_depend_on_when_they_are_read(tmp_path, cache_dir):
+    """The epoch's sums stay on the device and are read every check_every steps: the
+    numbers of metrics.jsonl are the same digits for any interval."""
+    records = []
+    for every in (1, 3, 100):
+        trainer = Trainer(small_config(cache_dir, epochs=1, check_every=every),
+                          tmp_path / str(every), progress=False)
+        trainer.fit()
+        records.append({k: v for k, v in trainer.history[0].items() if k != "seconds"})
+    assert records[0] == records[1] == records[2]
+    assert records[0]["train_pct_nonzero"] > 0 and records[0]["train_objective"] > 0
+
+
 def test_table2_view_and_the_dictionaries_figure(tmp_path, cache_dir):
     from vsc.cli import dictionaries, table2
 

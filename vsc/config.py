@@ -76,6 +76,8 @@ class Config:
     momentum: float = 0.9
     seed: int = 0
     device: str = "cpu"
+    check_every: int = 100               # steps between reads of the loss and the health
+    cuda_graphs: bool = False            # replay the step from a CUDA graph (vsc/graphed_step.py)
     # evaluation
     eval_rows: int = 2000                # validation rows for the costly metrics
     iwae_k: int = 200
@@ -103,7 +105,8 @@ class Config:
         if self.kappa is not None and self.kappa < 0:
             bad(f"kappa must be >= 0, got {self.kappa}")
         for name in ("num_samples", "epochs", "batch_size", "n_train", "n_val", "patch_size",
-                     "latent_dim", "eval_rows", "iwae_k", "snr_samples", "jaccard_passes"):
+                     "latent_dim", "eval_rows", "iwae_k", "snr_samples", "jaccard_passes",
+                     "check_every"):
             if getattr(self, name) < 1:
                 bad(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.prior_scale == 0:
@@ -118,6 +121,11 @@ class Config:
             bad(f"fista_tol must be >= 0, got {self.fista_tol}")
         if self.warmup_delay < 0:
             bad(f"warmup_delay must be >= 0, got {self.warmup_delay}")
+        if self.cuda_graphs and self.method != "variational":
+            bad("cuda_graphs=true needs method='variational' (FISTA's stopping test reads "
+                "the device at every iteration)")
+        if self.cuda_graphs and torch.device(self.device).type != "cuda":
+            bad(f"cuda_graphs=true needs device='cuda', got device={self.device!r}")
 
     # -- what the convention resolves (vsc/conventions.py) ---------------------------------
     @property

@@ -29,6 +29,8 @@ import torch
 import vsc_kernels
 
 from . import conventions, metrics, plots, runs
+from .graphed_step import Capture, GraphedStep, capture_cuda_graph
+from .step_monitor import StepMonitor
 from ._io import atomic_write
 from .config import Config
 from .data import load_patches
@@ -37,6 +39,7 @@ from .priors import make_prior
 
 CHECKPOINT = runs.CHECKPOINT
 DIVERGED = "diverged.json"     # written by train() when a run meets a non-finite loss
+RESUME_MAY_CHANGE = ("device", "check_every")   # config keys that do not change the result
 
 
 # --------------------------------------------------------------------------------------
@@ -120,12 +123,15 @@ class Trainer:
     """Builds the models from a :class:`Config`, trains, checkpoints, evaluates."""
 
     def __init__(self, config: Config, out_dir: str | Path, *, progress: bool = True,
-                 checkpoint_minutes: float = 5.0):
+                 checkpoint_minutes: float = 5.0, capture: Capture | None = None):
         self.config = config
         self.out_dir = Path(out_dir)
         self.progress = progress
         self.checkpoint_seconds = checkpoint_minutes * 60
         self.device = torch.device(config.device)
+        # How the step is recorded for replay: a CUDA graph with cuda_graphs = true, or
+        # the given function (a test replays the step on the CPU through a stand-in).
+        self.capture = capture or (capture_cuda_graph if config.cuda_graphs else None)
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise ValueError("config: device='cuda' but CUDA is not available")
         self.patches = load_patches(config.data, n_train=config.n_train, n_val=config.n_val,
@@ -143,8 +149,8 @@ class Trainer:
         self.prior = (make_prior(config.prior, config.latent_dim, **config.prior_options())
                       if self.variational else None)
         self.generator = LinearGenerator(self.data_dim, config.latent_dim).to(self.device)
-        self.optimizers = {"dictionary": torch.optim.SGD(self.generator.parameters(),
-                                                         lr=config.lr_dictionary)}
+        self.optimizers = {"dictionary": self._sgd(self.generator.parameters(),
+                                                   lr=config.lr_dictionary)}
         self.steps_per_epoch = math.ceil(config.n_train / config.batch_size)
         self.schedulers = {"dictionary": torch.optim.lr_scheduler.ExponentialLR(
             self.optimizers["dictionary"], gamma=config.lr_decay)}
@@ -152,7 +158,7 @@ class Trainer:
         if self.variational:
             self.encoder = InferenceNetwork(self.data_dim, config.latent_dim,
                                             self.prior.heads).to(self.device)
-            self.optimizers["encoder"] = torch.optim.SGD(
+            self.optimizers["encoder"] = self._sgd(
                 self.encoder.parameters(), lr=config.lr_encoder, momentum=config.momentum,
                 nesterov=True)
             self.schedulers["encoder"] = conventions.encoder_scheduler(
@@ -163,6 +169,17 @@ class Trainer:
         self.batch_in_epoch = 0
         self.accumulator = {"loss": 0.0, "nonzero": 0.0, "batches": 0}
         self.history: list[dict] = []
+        self.monitor = StepMonitor(self.device)
+        self.last_batch = self.train_x[:config.batch_size]
+        self.graphed_step = GraphedStep(self, self.capture) if self.capture else None
+
+    def _sgd(self, params, lr: float, **options) -> torch.optim.SGD:
+        """SGD; for a captured step fused, with the learning rate a device tensor that
+        the schedulers fill in place (a Python float would be baked into the graph)."""
+        if self.capture is not None:
+            return torch.optim.SGD(params, lr=torch.tensor(lr, device=self.device),
+                                   fused=True, **options)
+        return torch.optim.SGD(params, lr=lr, **options)
 
     # -- one step ----------------------------------------------------------------------
     def fista_lambda(self, step: int) -> float:
@@ -189,6 +206,13 @@ class Trainer:
         return c.objective_weight * metrics.sparse_coding_objective(
             x, self.generator.A.detach(), codes, lam / c.objective_weight)
 
+    def objective_per_input(self, x: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+        """:meth:`objective` before the mean, ``(N,)`` float64 on the device."""
+        c = self.config
+        return c.objective_weight * metrics.sparse_coding_objective(
+            x, self.generator.A.detach(), codes, c.val_lambda / c.objective_weight,
+            reduction="none")
+
     def loss(self, x: torch.Tensor, step: int, num_samples: int | None = None):
         """Training objective (eq. 11; :func:`elbo_loss` plus the Frobenius term), the
         sampled codes ``(B, J, d)`` and the ``ElboResult`` (the selection over them)."""
@@ -204,37 +228,57 @@ class Trainer:
         loss = elbo + c.frobenius_weight * self.generator.frobenius_penalty()
         return loss, codes, result
 
-    def train_step(self, x: torch.Tensor) -> tuple[float, float]:
-        for optimizer in self.optimizers.values():
-            optimizer.zero_grad(set_to_none=True)
-        loss, codes, result = self.loss(x, self.step)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(self._nonfinite_message(f"the loss is {loss.item()}", x))
-        loss.backward()
-        # A non-finite gradient would poison the parameters (and the next checkpoint):
-        # stop before any optimizer applies it.
-        grads = [p.grad for o in self.optimizers.values() for g in o.param_groups
-                 for p in g["params"] if p.grad is not None]
-        if grads and not torch.isfinite(torch.stack(torch._foreach_norm(grads))).all():
-            raise FloatingPointError(self._nonfinite_message("a gradient is not finite", x))
-        for optimizer in self.optimizers.values():
-            optimizer.step()
-        params = [p for o in self.optimizers.values() for g in o.param_groups for p in g["params"]]
-        if not torch.isfinite(torch.stack(torch._foreach_norm(params))).all():
-            # Finite but huge gradients times the learning rate overflowed; the last
-            # checkpoint on disk predates this step.
-            raise FloatingPointError(self._nonfinite_message("an update overflowed the parameters",
-                                                             x))
+    def train_step(self, x: torch.Tensor) -> None:
+        """One step on the batch ``x``. It reads nothing back to the host (on a GPU the
+        host queues the next step without waiting): the loss, the % of non-zero codes,
+        objective (10) and the step's health go to :attr:`monitor` on the device, and the
+        loop reads them every ``check_every`` steps (:meth:`read_monitor`). A non-finite
+        loss, gradient or updated parameter freezes the model before that update
+        (:mod:`vsc.step_monitor`); the next read stops the run naming the step. With
+        ``cuda_graphs`` the device part is replayed from a CUDA graph
+        (:mod:`vsc.graphed_step`)."""
+        if self.graphed_step is not None:
+            self.graphed_step(x)
+        else:
+            self.zero_grad()
+            self.device_step(x)
         if "encoder" in self.schedulers:
             self.schedulers["encoder"].step()
-        with torch.no_grad():
-            # Objective (10) at the fixed lambda on the selected training codes, with the
-            # updated dictionary (the public code's "train loss"): unlike the ELBO it
-            # does not move with the warm-ups.
-            objective = self.objective(x, self.select_codes(codes.detach(), result))
-        self.accumulator["objective"] = self.accumulator.get("objective", 0.0) + objective
+        self.monitor.pending += 1
+        self.last_batch = x
         self.step += 1
-        return loss.item(), metrics.percent_nonzero(codes)
+
+    def zero_grad(self) -> None:
+        for optimizer in self.optimizers.values():
+            optimizer.zero_grad(set_to_none=True)
+
+    def device_step(self, x: torch.Tensor) -> None:
+        """The part of :meth:`train_step` that runs on the device (what a CUDA graph
+        records): loss, backward, the guarded optimizer steps and the monitor's sums."""
+        loss, codes, result = self.loss(x, self.step)
+        loss.backward()
+        codes = codes.detach()
+        # Objective (10) at the fixed lambda on the selected training codes, with the
+        # updated dictionary (the public code's "train loss"): unlike the ELBO it does
+        # not move with the warm-ups.
+        self.monitor.update(
+            loss, list(self.optimizers.values()),
+            nonzero=torch.count_nonzero(codes).double() * 100.0 / codes.numel(),
+            objective=lambda: self.objective_per_input(x, self.select_codes(codes, result)).mean())
+
+    def read_monitor(self) -> None:
+        """Fold the steps recorded since the last read into :attr:`accumulator` (one
+        transfer from the device); stop with ``FloatingPointError`` naming the first
+        non-finite step, whose update (and every later one) was not applied."""
+        reading = self.monitor.read()
+        acc = self.accumulator
+        acc.update(loss=reading.loss, nonzero=reading.nonzero, objective=reading.objective)
+        acc["batches"] += reading.steps
+
+        def message(what, step):
+            self.step = step   # the model is the one before that step's update
+            return self._nonfinite_message(what, self.last_batch)
+        reading.raise_if_unhealthy(message)
 
     def _nonfinite_message(self, what: str, x: torch.Tensor) -> str:
         """Which step, the likely cause, and that the checkpoint is intact."""
@@ -303,17 +347,20 @@ class Trainer:
         }
 
     def save_checkpoint(self) -> Path:
-        """``checkpoint.pt``, atomically, keeping the previous one (:mod:`vsc.runs`)."""
+        """``checkpoint.pt``, atomically, keeping the previous one (:mod:`vsc.runs`),
+        after reading the monitor: a run whose model went non-finite stops instead."""
+        self.read_monitor()
         return runs.save_checkpoint(self.state(), self.out_dir)
 
     def load_checkpoint(self) -> Path:
         """Restore the newest readable checkpoint of ``out_dir`` (falling back on the
         previous one when the newest is damaged); returns the file loaded."""
         state, path = runs.load_checkpoint(self.out_dir, map_location=self.device)
-        # Everything but the device must match (epochs too: the encoder's one-cycle
-        # schedule is laid out over all of them).
-        saved = {k: v for k, v in state["config"].items() if k != "device"}
-        current = {k: v for k, v in self.config.to_dict().items() if k != "device"}
+        # Everything but the device and the read interval must match (epochs too: the
+        # encoder's one-cycle schedule is laid out over all of them).
+        saved = {k: v for k, v in state["config"].items() if k not in RESUME_MAY_CHANGE}
+        current = {k: v for k, v in self.config.to_dict().items()
+                   if k not in RESUME_MAY_CHANGE}
         if saved != current:
             changed = sorted(k for k in current if saved.get(k) != current[k])
             raise ValueError(f"--resume: the checkpoint in {self.out_dir} was written with a "
@@ -321,6 +368,9 @@ class Trainer:
         self.step, self.epoch = state["step"], state["epoch"]
         self.batch_in_epoch = state["batch_in_epoch"]
         self.accumulator, self.history = state["accumulator"], state["history"]
+        acc = self.accumulator
+        self.monitor = StepMonitor(self.device, self.step,
+                                   (acc["loss"], acc["nonzero"], acc.get("objective", 0.0)))
         self.generator.load_state_dict(state["generator"])
         if self.encoder is not None:
             self.encoder.load_state_dict(state["encoder"])
@@ -369,16 +419,16 @@ class Trainer:
             while self.batch_in_epoch < self.steps_per_epoch:
                 start = self.batch_in_epoch * c.batch_size
                 x = self.train_x[order[start:start + c.batch_size]]
-                loss, nonzero = self.train_step(x)
+                self.train_step(x)
                 self.batch_in_epoch += 1
-                acc = self.accumulator
-                acc["loss"] += loss
-                acc["nonzero"] += nonzero
-                acc["batches"] += 1
+                if self.monitor.pending >= c.check_every:
+                    self.read_monitor()
+                    if bar is not None:
+                        acc = self.accumulator
+                        bar.set_postfix(loss=f"{acc['loss'] / acc['batches']:.4g}",
+                                        nonzero=f"{acc['nonzero'] / acc['batches']:.1f}%")
                 if bar is not None:
                     bar.update(1)
-                    bar.set_postfix(loss=f"{acc['loss'] / acc['batches']:.4g}",
-                                    nonzero=f"{acc['nonzero'] / acc['batches']:.1f}%")
                 cut = stop_after_steps is not None and self.step >= stop_after_steps
                 if cut or stop.requested or time.monotonic() - last_save > self.checkpoint_seconds:
                     saved = self.save_checkpoint()
@@ -391,12 +441,14 @@ class Trainer:
                     return {"stopped_at_step": self.step}
             if bar is not None:
                 bar.close()
+            self.read_monitor()
             self.schedulers["dictionary"].step()
             record = self.epoch_record(time.monotonic() - started)
             self.history.append(record)
             self.epoch += 1
             self.batch_in_epoch = 0
             self.accumulator = {"loss": 0.0, "nonzero": 0.0, "batches": 0}
+            self.monitor.new_epoch()
             saved = self.save_checkpoint()
             last_save = time.monotonic()
             write_jsonl(self.out_dir / "metrics.jsonl", self.history)
@@ -453,7 +505,7 @@ class Trainer:
             "train_pct_nonzero": acc["nonzero"] / batches,
             "val_loss": self.objective(self.val_x, codes),
             "val_pct_nonzero": metrics.percent_nonzero(codes),
-            "lr_dictionary": self.optimizers["dictionary"].param_groups[0]["lr"],
+            "lr_dictionary": float(self.optimizers["dictionary"].param_groups[0]["lr"]),
             "seconds": seconds,
         }
         if self.variational:

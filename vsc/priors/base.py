@@ -56,6 +56,12 @@ class Prior:
     def sample(self, params: dict[str, torch.Tensor], num_samples: int, step: int) -> CodeSample:
         raise NotImplementedError
 
+    def schedule(self, step: int) -> tuple:
+        """The numbers that :meth:`sample` derives from ``step`` (warm-ups,
+        temperatures). A training step captured in a CUDA graph holds them fixed, so it
+        is replayed only while they stay the same (vsc.graphed_step)."""
+        return ()
+
     # -- evaluation -------------------------------------------------------------------
     def kl_per_dim(self, params: dict[str, torch.Tensor]) -> torch.Tensor:
         """``(B, d)`` KL of ``q(s_i | x)`` against the prior, per latent dimension (eq. 15)."""

@@ -62,6 +62,9 @@ class SpikeSlab(Prior):
     def temperature(self, step: int) -> float:
         return max(self.tau_min, self.tau_start * self.tau_decay ** step)
 
+    def schedule(self, step: int) -> tuple:
+        return (self.warmup(step), self.temperature(step))
+
     def _log_gamma(self, params) -> torch.Tensor:
         """The public code's ``log gamma = -relu(-h)`` (so ``gamma <= 1``)."""
         return -F.relu(-params["log_gamma"])

@@ -89,6 +89,9 @@ class ThresholdSamplePrior(Prior):
     def warmup(self, step: int) -> float:
         return linear_warmup(step, self.warmup_start, self.warmup_step, self.warmup_delay)
 
+    def schedule(self, step: int) -> tuple:
+        return (self.warmup(step),)
+
     def _threshold(self, params, num_samples):
         """(lam for threshold_sample, q(lam | x) or None)."""
         if self.gamma is None:
