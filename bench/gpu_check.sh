@@ -11,7 +11,7 @@
 #   overhead_cuda.json               per-call overhead vs eager (tiny inputs)
 #   threshold_sample_quick_cuda.json, elbo_select_quick_cuda.json,
 #   linear_elbo_quick_cuda.json, fista_quick_cuda.json, sparse_decode_quick_cuda.json,
-#   dnn_step_cuda.json
+#   dnn_step_cuda.json, linear_step_cuda.json
 #   gpu_check.log                    this script's own log (step times, exit codes)
 set -u
 cd "$(dirname "$0")/.."
@@ -42,6 +42,7 @@ step tests 170 "$PY" -m pytest -q --maxfail=5 -p no:cacheprovider -m "not slow" 
     tests/test_philox.py tests/test_threshold_sample_backends.py \
     tests/test_threshold_sample_compile.py tests/test_nonfinite.py tests/test_elbo_select.py \
     tests/test_linear_elbo.py tests/test_fista.py tests/test_sparse_decode.py \
+    tests/test_graphed_step.py::test_a_cuda_graph_step_trains_as_the_eager_step_on_the_gpu \
     --junitxml="$OUT/gpu_tests.xml" -o junit_family=xunit2
 
 # 2. Benchmarks (--quick shapes; each writes <op>[_quick]_cuda.json into $OUT), ~300 s.
@@ -54,4 +55,6 @@ step fista 40 "$PY" bench/fista.py --quick --device cuda --max-iter 200 --sklear
 step sparse_decode 30 "$PY" bench/sparse_decode.py --quick --device cuda --out "$OUT"
 # 3. The DNN training step (issue 12): B=512, bf16, against the public code's pattern.
 step dnn_step 60 "$PY" bench/dnn_step.py --device cuda --repeats 5 --out "$OUT"
+# 4. The linear training step at B=100: eager vs replayed from a CUDA graph (issue 11).
+step linear_step 40 "$PY" bench/linear_step.py --device cuda --rounds 10 --out "$OUT"
 echo "done in $SECONDS s; results in $OUT" | tee -a "$LOG"
