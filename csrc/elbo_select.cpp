@@ -5,8 +5,10 @@
 // Forward: at::parallel_for over the B*J rows of x_hat; each row is reduced against
 // its data row x[b] in vector lanes (two accumulators), summed at the end.
 // Backward: at::parallel_for over tasks (b, column chunk); a task loops over the J
-// samples of row b, writes 2 g (x_hat - x) (zeros, without reading x_hat, when
-// g == 0) and accumulates -sum_j of it in a small buffer for grad_x.
+// samples of row b, writes 2 g (x_hat - x) and accumulates -sum_j of it in a small
+// buffer for grad_x. Where g == 0 (the unselected samples of max-ELBO selection) it
+// neither reads x_hat nor writes: the gradient comes zero-filled from zeroed_output
+// (csrc/cpu_memory.h), whose untouched pages cost nothing.
 //
 // x is converted once to the compute type (float32, float64 for float64 inputs; it
 // is J times smaller than x_hat); x_hat is read in place in its own dtype.
@@ -97,7 +99,9 @@ std::tuple<at::Tensor, std::optional<at::Tensor>> elbo_select_backward(
   TORCH_CHECK(grad_sq_err.dim() == 2 && grad_sq_err.size(0) == B && grad_sq_err.size(1) == J,
               "elbo_select: grad_sq_err must have shape (B, J) = (", B, ", ", J, "), got ",
               grad_sq_err.sizes());
-  at::Tensor grad_xh = empty_output({B, J, F}, x_hat.options());
+  // Zero-filled: the kernel writes only the samples with a non-zero weight (one of J
+  // under max-ELBO selection).
+  at::Tensor grad_xh = zeroed_output({B, J, F}, x_hat.options());
   at::Tensor grad_xc;
   if (need_x) grad_xc = at::empty({B, F}, x.options().dtype(compute));
   if (B > 0 && F > 0) {

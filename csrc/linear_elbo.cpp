@@ -325,7 +325,7 @@ linear_elbo_backward(const at::Tensor& grad_E, const std::optional<at::Tensor>& 
     if (need_z || need_A) {
       const at::Tensor z_sel = z.gather(1, index.view({B, 1, 1}).expand({B, 1, d})).view({B, d});
       if (need_z) {
-        grad_z = at::zeros({B, J, d}, opts);
+        grad_z = zeroed_output({B, J, d}, opts);   // written at the selected samples only
         grad_z->scatter_(1, index.view({B, 1, 1}).expand({B, 1, d}),
                          at::mm(gr, A_w).mul_(-2.0).view({B, 1, d}));
       }

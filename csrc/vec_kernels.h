@@ -736,10 +736,9 @@ void elbo_backward_impl(const SquaredErrorArgs& a) {
       for (int64_t j = 0; j < J; ++j) {
         const T gg = g[b * J + j];
         S* o = out + (b * J + j) * F + f0;
-        if (gg == T(0)) {  // unselected samples (method="max"): x_hat is not read
-          std::fill(o, o + n, S(0));
-          continue;
-        }
+        // Unselected samples (method="max"): the output is zero-filled (zeroed_output,
+        // untouched pages cost nothing) and x_hat is not read.
+        if (gg == T(0)) continue;
         const S* hr = h + b * a.xh_sb + j * a.xh_sj + f0;
         const T* hv;
         if constexpr (std::is_same_v<S, T>) {

@@ -287,6 +287,30 @@ def test_backward_ignores_x_hat_where_the_gradient_is_zero(backend):
     torch.testing.assert_close(grad_x, want_x)
 
 
+def test_a_large_max_gradient_is_zero_filled_and_an_ordinary_tensor():
+    """From 4 MB the C++ backward returns its gradient in a fresh zero-filled mapping and
+    writes only the selected samples (csrc/cpu_memory.h, zeroed_output): the unselected
+    rows read as exact zeros, and the tensor behaves as any other (in-place updates,
+    autograd accumulation, freed with the graph)."""
+    require_backend("cpp")
+    B, J, F = 32, 8, 4096                      # 4 MB of float32
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(B, F, generator=g)
+    for _ in range(3):                         # fresh mappings, released in between
+        x_hat = (x[:, None] + 0.1 * torch.randn(B, J, F, generator=g)).requires_grad_()
+        result = vsc_kernels.elbo_select(x, x_hat, None, method="max", backend="cpp")
+        result.loss.backward()
+        assert not x_hat.grad.untyped_storage().resizable()   # the mapping, not at::zeros
+        want = x_hat.detach().clone().requires_grad_()
+        reference.elbo_select(x, want, None, method="max").loss.backward()
+        torch.testing.assert_close(x_hat.grad, want.grad)
+        unselected = torch.ones(B, J, dtype=torch.bool)
+        unselected[torch.arange(B), result.index] = False
+        assert (x_hat.grad[unselected] == 0).all() and (x_hat.grad[~unselected] != 0).any()
+        x_hat.grad.add_(1.0)                   # writable everywhere
+        assert (x_hat.grad[unselected] == 1).all()
+
+
 @pytest.mark.parametrize("backend", KERNEL_BACKENDS)
 def test_contract_on_several_blocks(backend):
     """Shapes and tile sizes that make the kernels loop over several column blocks and
