@@ -224,6 +224,17 @@ def test_progress_sums_do_not_depend_on_when_they_are_read(tmp_path, cache_dir):
     assert records[0]["train_pct_nonzero"] > 0 and records[0]["train_objective"] > 0
 
 
+def test_figure_titles_name_the_estimator_the_run_used(tmp_path, cache_dir):
+    """Under the public-code convention "straight" runs as "straight_shift"; the quick
+    job's exact shift gradient is named too (dictionary.png's title said "straight")."""
+    trainer = Trainer(small_config(cache_dir, shift_gradient="exact"), tmp_path,
+                      progress=False)
+    assert "straight_shift, exact shift gradient, max J = 4" in trainer.run_label()
+    paper = Trainer(small_config(cache_dir, convention="paper_equations"), tmp_path / "p",
+                    progress=False)
+    assert ", straight, max J = 4" in paper.run_label()
+
+
 def test_table2_view_and_the_dictionaries_figure(tmp_path, cache_dir):
     from vsc.cli import dictionaries, table2
 

@@ -525,7 +525,11 @@ class Trainer:
         if not self.variational:
             return f"FISTA, lambda = {c.fista_lambda:g}"
         prior = c.prior.replace("_", " ").title() + (" + Gamma" if c.learn_threshold else "")
-        return f"{prior}, {c.estimator}, {c.sampling} J = {c.num_samples}"
+        # the estimator the sampler runs (the convention may turn "straight" into
+        # "straight_shift"), and the shift's exact gradient where it is used
+        estimator = c.sampler_estimator + (", exact shift gradient"
+                                           if c.shift_gradient == "exact" else "")
+        return f"{prior}, {estimator}, {c.sampling} J = {c.num_samples}"
 
     def evaluate(self) -> dict:
         """summary.json. Its ``val_loss`` is the last epoch's (the same evaluation noise,
