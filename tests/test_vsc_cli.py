@@ -145,7 +145,8 @@ def test_a_signal_saves_the_current_step_and_prints_the_resume_command(small_tom
     state = torch.load(stopped[3], weights_only=False)
     assert state["step"] == int(stopped[2]) > 0
     command = re.search(r"resume with: (.*)", stderr)[1]
-    assert shlex.split(command) == ["vsc", *argv, "--resume"]
+    # started as `python -m vsc.cli`: resumed the same way (the `vsc` script says `vsc`)
+    assert shlex.split(command) == ["python", "-m", "vsc.cli", *argv, "--resume"]
     assert not (out / runs.LOCK).exists()
 
 

@@ -264,12 +264,21 @@ class StopOnSignal:
         self._previous.clear()
 
 
-def resume_command(argv: list[str], out_dir: str | Path, prog: str = "vsc") -> str:
+def resume_command(argv: list[str], out_dir: str | Path, prog: str | None = None) -> str:
     """The shell command that continues a run started with ``prog argv``: the same
-    arguments, ``--out out_dir`` (added if the run used the default) and ``--resume``."""
+    arguments, ``--out out_dir`` (added if the run used the default) and ``--resume``.
+    ``prog`` defaults to how this process was started (:func:`program`)."""
+    prog = prog or program()
     args = list(argv)
     if "--out" not in args and not any(a.startswith("--out=") for a in args):
         args += ["--out", str(out_dir)]
     if "--resume" not in args:
         args.append("--resume")
-    return shlex.join([prog, *args])
+    return f"{prog} {shlex.join(args)}"   # prog as written (several words)
+
+
+def program() -> str:
+    """``python -m vsc.cli`` when this process runs the CLI as a module, else ``vsc``
+    (the console script)."""
+    started = Path(sys.argv[0]) if sys.argv and sys.argv[0] else Path("vsc")
+    return "python -m vsc.cli" if started.parts[-2:] == ("vsc", "cli.py") else "vsc"
