@@ -7,16 +7,22 @@
 // name is the table getter at the end, named by VSC_KERNELS_GETTER.
 //
 // threshold_sample
-//   Work is split into tasks (row m, chunk of <= 256 columns); a task loads mu and the
-//   noise scale w * exp(logb) of its chunk once and loops over the J samples of row m.
-//   Per sample row it draws the Philox outputs of the chunk (AVX-512: 16 calls per
-//   vector, AVX2: 8; transposed into column order), turns them into noise with SLEEF's
-//   vectorized log (and sin/cos for the Gaussian base), then runs the threshold (or the
-//   gradient accumulation) as one vector loop. The noise is the spec's
-//   (vsc_kernels/_philox.py): the raw 32-bit outputs are identical on every build;
-//   log/sin/cos are SLEEF's 1-ulp versions here (the ones torch.log uses on the same
-//   machine), and the portable build keeps the scalar, correctly rounded ones of
-//   csrc/philox.h: the noise of the builds agrees to about one float32 ulp.
+//   Work is split into tasks (row m, chunk of <= 1024 columns: whole rows up to d = 1024,
+//   so a task reads and writes its J sample rows as one contiguous run); a task loads mu
+//   and the noise scale w * exp(logb) of its chunk once and loops over the J samples of
+//   row m. Per sample row it draws the Philox outputs of the chunk (AVX-512: 16 calls per
+//   vector, two vectors' rounds interleaved; AVX2: 8), turns them into noise, then runs
+//   the threshold (or the gradient accumulation) as one vector loop; the backward
+//   prefetches the next sample row of grad_z while it processes one.
+//   Laplace noise (the default base) is computed on the Philox registers before they are
+//   transposed into column order, with an inlined float32 log (laplace_from_raw: exponent
+//   split + Cephes' minimax polynomial, at most 0.82 ulp from the exact log on every input
+//   the noise can produce); the AVX-512 and AVX2 builds run the same operations and draw
+//   bit-identical Laplace noise. Gaussian noise uses SLEEF's 1-ulp vectorized log and
+//   sincos (the ones torch uses on the same machine). The portable build keeps the scalar,
+//   correctly rounded log/sin/cos of csrc/philox.h. The raw 32-bit outputs are the
+//   spec's (vsc_kernels/_philox.py) on every build, and the noise of the builds agrees to
+//   one float32 ulp (Laplace: equal to torch.log's result on ~96% of the entries).
 //
 // Non-finite policy (vsc_kernels/__init__.py): the zero branch of the threshold is taken
 // only where |delta| <= lam, and there z is (mu - mu) + (logb - logb): +0.0 for finite
@@ -31,7 +37,7 @@ namespace {
 using at::vec::Vectorized;
 using VecF = Vectorized<float>;
 
-constexpr int64_t kMaxChunk = 256;    // columns per task at most (a multiple of 4)
+constexpr int64_t kMaxChunk = 1024;   // columns per task at most (a multiple of 4)
 constexpr int64_t kMinChunk = 32;     // smallest chunk when columns are split for threads
 constexpr int64_t kPad = 64;          // buffers hold whole 16-call Philox blocks
 constexpr int64_t kBuf = kMaxChunk + kPad;
@@ -94,23 +100,103 @@ inline void store_row(const T* __restrict src, int64_t n, S* __restrict out) {
 // Philox4x32-10 on blocks of consecutive counters (vsc_kernels/_philox.py):
 // out[4 g + lane] = lane of the call at counter q0 + g, for g < round_up(ngroups, V),
 // V = 16 (AVX-512), 8 (AVX2) or 1 (portable; the scalar csrc/philox.h).
+//
+// philox_simd_map applies `map` to the four lane-major registers (c0..c3 of V calls)
+// before they are transposed into column order, so an element-wise transform of the
+// raw outputs (the Laplace noise) runs on registers and is stored once.
+//
+// laplace_from_raw: the standard Laplace noise of philox::laplace_from_bits, with
+// log(v) for the exact v = (2**24 - |m|) 2**-24 in [2**-24, 1) (clamped to 1e-6)
+// inlined: v = 2**e m' with m' in [sqrt(1/2), sqrt(2)), x = m' - 1 (exact), and
+// log(1 + x) = x - x**2/2 + x**3 P(x) with the 9-term minimax P of Cephes' logf, e ln 2
+// added in two parts. Checked on all 2**24 inputs the noise can take: at most 0.82 ulp
+// from the exact log (SLEEF's u10 logf, torch.log here: 0.91 ulp), equal to SLEEF's
+// result on 96% of them and one ulp apart on the rest. sign(m) is bit 31 of the raw
+// output (m > 0 iff k >= 2**23), so eps = log(v) with that bit flipped (log(v) < 0).
+
+// Float bit patterns of the Laplace conversion: sqrt(1/2), 24 << 23 (a factor 2**-24),
+// 1e-6f (the clamp), and the differences laplace_from_raw uses.
+constexpr int32_t kSqrtHalfBits = 0x3F3504F3;
+constexpr int32_t kScaleAndSqrtHalfBits = (24 << 23) + kSqrtHalfBits;
+constexpr int32_t kClampMinusSqrtHalfBits = 0x358637BD - kSqrtHalfBits;
 
 #if defined(CPU_CAPABILITY_AVX512)
 constexpr int64_t kPhiloxLanes = 16;
 
+// 32 x 32 -> 64-bit products of the even and the odd lanes; each masked dword swap
+// moves one half of a product into place (hi: the even lanes take the upper dword of
+// `even`; lo: the odd lanes take the lower dword of `odd`).
 inline void mulhilo(__m512i a, __m512i m, __m512i& hi, __m512i& lo) {
   const __m512i even = _mm512_mul_epu32(a, m);
   const __m512i odd = _mm512_mul_epu32(_mm512_srli_epi64(a, 32), m);
-  hi = _mm512_mask_blend_epi32(0xAAAA, _mm512_srli_epi64(even, 32), odd);
-  lo = _mm512_mask_blend_epi32(0xAAAA, even, _mm512_slli_epi64(odd, 32));
+  hi = _mm512_mask_shuffle_epi32(odd, 0x5555, even, _MM_PERM_CDAB);
+  lo = _mm512_mask_shuffle_epi32(even, 0xAAAA, odd, _MM_PERM_CDAB);
 }
 
-inline void philox_simd(uint64_t q0, int64_t ngroups, const philox::Stream& st,
-                         uint32_t* __restrict out) {
+inline __m512i xor3(__m512i a, __m512i b, __m512i c) {
+  return _mm512_ternarylogic_epi32(a, b, c, 0x96);
+}
+
+// NB blocks of 16 calls from counter q (their rounds interleaved: the rounds of one
+// block are a serial chain of multiplies), mapped and stored at out, out + 64, ...
+template <int NB, typename Map>
+inline void philox_blocks(uint64_t q, const philox::Stream& st, const __m512i* key0,
+                          const __m512i* key1, uint32_t* __restrict out, const Map& map) {
   const __m512i m0 = _mm512_set1_epi32(static_cast<int>(philox::kM0));
   const __m512i m1 = _mm512_set1_epi32(static_cast<int>(philox::kM1));
   const __m512i iota = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
-  const __m512i one = _mm512_set1_epi32(1);
+  __m512i c0[NB], c1[NB], c2[NB], c3[NB];
+#pragma GCC unroll 2
+  for (int b = 0; b < NB; ++b) {
+    const uint64_t qb = q + static_cast<uint64_t>(16 * b);
+    c0[b] = _mm512_add_epi32(_mm512_set1_epi32(static_cast<int>(static_cast<uint32_t>(qb))), iota);
+    c1[b] = _mm512_set1_epi32(static_cast<int>(static_cast<uint32_t>(qb >> 32)));
+    // a lane whose low word wrapped carries into the high word
+    const __mmask16 carry = _mm512_cmplt_epu32_mask(c0[b], iota);
+    c1[b] = _mm512_mask_add_epi32(c1[b], carry, c1[b], _mm512_set1_epi32(1));
+    c2[b] = _mm512_set1_epi32(static_cast<int>(st.o0));
+    c3[b] = _mm512_set1_epi32(static_cast<int>(st.o1));
+  }
+#pragma GCC unroll 10
+  for (int r = 0; r < philox::kRounds; ++r) {
+#pragma GCC unroll 2
+    for (int b = 0; b < NB; ++b) {
+      __m512i hi0, lo0, hi1, lo1;
+      mulhilo(c0[b], m0, hi0, lo0);
+      mulhilo(c2[b], m1, hi1, lo1);
+      c0[b] = xor3(hi1, c1[b], key0[r]);
+      c2[b] = xor3(hi0, c3[b], key1[r]);
+      c1[b] = lo1;
+      c3[b] = lo0;
+    }
+  }
+#pragma GCC unroll 2
+  for (int b = 0; b < NB; ++b) {
+    map(c0[b], c1[b], c2[b], c3[b]);
+    // lane-major (c0..c3 of 16 calls) -> column order (4 outputs of call 0, call 1, ...)
+    const __m512i t0 = _mm512_unpacklo_epi32(c0[b], c1[b]);
+    const __m512i t1 = _mm512_unpackhi_epi32(c0[b], c1[b]);
+    const __m512i t2 = _mm512_unpacklo_epi32(c2[b], c3[b]);
+    const __m512i t3 = _mm512_unpackhi_epi32(c2[b], c3[b]);
+    const __m512i u0 = _mm512_unpacklo_epi64(t0, t2);  // 128-bit lane L: call 4L
+    const __m512i u1 = _mm512_unpackhi_epi64(t0, t2);  // call 4L + 1
+    const __m512i u2 = _mm512_unpacklo_epi64(t1, t3);  // call 4L + 2
+    const __m512i u3 = _mm512_unpackhi_epi64(t1, t3);  // call 4L + 3
+    const __m512i a = _mm512_shuffle_i32x4(u0, u1, _MM_SHUFFLE(1, 0, 1, 0));
+    const __m512i bb = _mm512_shuffle_i32x4(u2, u3, _MM_SHUFFLE(1, 0, 1, 0));
+    const __m512i c = _mm512_shuffle_i32x4(u0, u1, _MM_SHUFFLE(3, 2, 3, 2));
+    const __m512i d = _mm512_shuffle_i32x4(u2, u3, _MM_SHUFFLE(3, 2, 3, 2));
+    uint32_t* o = out + 64 * b;
+    _mm512_storeu_si512(o, _mm512_shuffle_i32x4(a, bb, _MM_SHUFFLE(2, 0, 2, 0)));
+    _mm512_storeu_si512(o + 16, _mm512_shuffle_i32x4(a, bb, _MM_SHUFFLE(3, 1, 3, 1)));
+    _mm512_storeu_si512(o + 32, _mm512_shuffle_i32x4(c, d, _MM_SHUFFLE(2, 0, 2, 0)));
+    _mm512_storeu_si512(o + 48, _mm512_shuffle_i32x4(c, d, _MM_SHUFFLE(3, 1, 3, 1)));
+  }
+}
+
+template <typename Map>
+inline void philox_simd_map(uint64_t q0, int64_t ngroups, const philox::Stream& st,
+                            uint32_t* __restrict out, const Map& map) {
   __m512i key0[philox::kRounds], key1[philox::kRounds];
   uint32_t k0 = st.k0, k1 = st.k1;
   for (int r = 0; r < philox::kRounds; ++r) {
@@ -119,44 +205,48 @@ inline void philox_simd(uint64_t q0, int64_t ngroups, const philox::Stream& st,
     k0 += philox::kW0;
     k1 += philox::kW1;
   }
-  for (int64_t g = 0; g < ngroups; g += kPhiloxLanes) {
-    const uint64_t q = q0 + static_cast<uint64_t>(g);
-    __m512i c0 = _mm512_add_epi32(_mm512_set1_epi32(static_cast<int>(static_cast<uint32_t>(q))),
-                                  iota);
-    __m512i c1 = _mm512_set1_epi32(static_cast<int>(static_cast<uint32_t>(q >> 32)));
-    // a lane whose low word wrapped carries into the high word
-    const __mmask16 carry = _mm512_cmplt_epu32_mask(c0, iota);
-    c1 = _mm512_mask_add_epi32(c1, carry, c1, one);
-    __m512i c2 = _mm512_set1_epi32(static_cast<int>(st.o0));
-    __m512i c3 = _mm512_set1_epi32(static_cast<int>(st.o1));
-    for (int r = 0; r < philox::kRounds; ++r) {
-      __m512i hi0, lo0, hi1, lo1;
-      mulhilo(c0, m0, hi0, lo0);
-      mulhilo(c2, m1, hi1, lo1);
-      c0 = _mm512_xor_si512(_mm512_xor_si512(hi1, c1), key0[r]);
-      c2 = _mm512_xor_si512(_mm512_xor_si512(hi0, c3), key1[r]);
-      c1 = lo1;
-      c3 = lo0;
-    }
-    // lane-major (c0..c3 of 16 calls) -> column order (4 outputs of call 0, call 1, ...)
-    const __m512i t0 = _mm512_unpacklo_epi32(c0, c1);
-    const __m512i t1 = _mm512_unpackhi_epi32(c0, c1);
-    const __m512i t2 = _mm512_unpacklo_epi32(c2, c3);
-    const __m512i t3 = _mm512_unpackhi_epi32(c2, c3);
-    const __m512i u0 = _mm512_unpacklo_epi64(t0, t2);  // 128-bit lane L: call 4L
-    const __m512i u1 = _mm512_unpackhi_epi64(t0, t2);  // call 4L + 1
-    const __m512i u2 = _mm512_unpacklo_epi64(t1, t3);  // call 4L + 2
-    const __m512i u3 = _mm512_unpackhi_epi64(t1, t3);  // call 4L + 3
-    const __m512i a = _mm512_shuffle_i32x4(u0, u1, _MM_SHUFFLE(1, 0, 1, 0));
-    const __m512i b = _mm512_shuffle_i32x4(u2, u3, _MM_SHUFFLE(1, 0, 1, 0));
-    const __m512i c = _mm512_shuffle_i32x4(u0, u1, _MM_SHUFFLE(3, 2, 3, 2));
-    const __m512i d = _mm512_shuffle_i32x4(u2, u3, _MM_SHUFFLE(3, 2, 3, 2));
-    uint32_t* o = out + 4 * g;
-    _mm512_storeu_si512(o, _mm512_shuffle_i32x4(a, b, _MM_SHUFFLE(2, 0, 2, 0)));
-    _mm512_storeu_si512(o + 16, _mm512_shuffle_i32x4(a, b, _MM_SHUFFLE(3, 1, 3, 1)));
-    _mm512_storeu_si512(o + 32, _mm512_shuffle_i32x4(c, d, _MM_SHUFFLE(2, 0, 2, 0)));
-    _mm512_storeu_si512(o + 48, _mm512_shuffle_i32x4(c, d, _MM_SHUFFLE(3, 1, 3, 1)));
+  int64_t g = 0;
+  for (; g + kPhiloxLanes < ngroups; g += 2 * kPhiloxLanes) {
+    philox_blocks<2>(q0 + static_cast<uint64_t>(g), st, key0, key1, out + 4 * g, map);
   }
+  if (g < ngroups) {
+    philox_blocks<1>(q0 + static_cast<uint64_t>(g), st, key0, key1, out + 4 * g, map);
+  }
+}
+
+inline __m512i laplace_from_raw(__m512i raw) {
+  const __m512i two24 = _mm512_set1_epi32(philox::kTwoPow24i);
+  const __m512i m = _mm512_sub_epi32(_mm512_slli_epi32(_mm512_srli_epi32(raw, 8), 1),
+                                     _mm512_set1_epi32(philox::kTwoPow24i - 1));
+  const __m512i n = _mm512_sub_epi32(two24, _mm512_abs_epi32(m));
+  // bits(v) - bits(sqrt(1/2)) with v = max(n 2**-24, 1e-6): positive floats order as their
+  // bits, and n 2**-24 (n >= 1: normal) is float(n) with the exponent lowered by 24.
+  const __m512i shifted = _mm512_max_epi32(
+      _mm512_sub_epi32(_mm512_castps_si512(_mm512_cvtepi32_ps(n)),
+                       _mm512_set1_epi32(kScaleAndSqrtHalfBits)),
+      _mm512_set1_epi32(kClampMinusSqrtHalfBits));
+  const __m512i sqrt_half = _mm512_set1_epi32(kSqrtHalfBits);
+  const __m512 e = _mm512_cvtepi32_ps(_mm512_srai_epi32(shifted, 23));
+  const __m512 x = _mm512_sub_ps(
+      _mm512_castsi512_ps(_mm512_add_epi32(
+          _mm512_and_si512(shifted, _mm512_set1_epi32(0x007FFFFF)), sqrt_half)),
+      _mm512_set1_ps(1.0f));
+  const __m512 x2 = _mm512_mul_ps(x, x);
+  __m512 p = _mm512_set1_ps(7.0376836292e-2f);
+  p = _mm512_fmadd_ps(p, x, _mm512_set1_ps(-1.1514610310e-1f));
+  p = _mm512_fmadd_ps(p, x, _mm512_set1_ps(1.1676998740e-1f));
+  p = _mm512_fmadd_ps(p, x, _mm512_set1_ps(-1.2420140846e-1f));
+  p = _mm512_fmadd_ps(p, x, _mm512_set1_ps(1.4249322787e-1f));
+  p = _mm512_fmadd_ps(p, x, _mm512_set1_ps(-1.6668057665e-1f));
+  p = _mm512_fmadd_ps(p, x, _mm512_set1_ps(2.0000714765e-1f));
+  p = _mm512_fmadd_ps(p, x, _mm512_set1_ps(-2.4999993993e-1f));
+  p = _mm512_fmadd_ps(p, x, _mm512_set1_ps(3.3333331174e-1f));
+  __m512 y = _mm512_mul_ps(_mm512_mul_ps(x, x2), p);
+  y = _mm512_fmadd_ps(e, _mm512_set1_ps(-2.12194440e-4f), y);
+  y = _mm512_fnmadd_ps(_mm512_set1_ps(0.5f), x2, y);
+  const __m512 l = _mm512_fmadd_ps(e, _mm512_set1_ps(0.693359375f), _mm512_add_ps(x, y));
+  return _mm512_xor_si512(_mm512_castps_si512(l),
+                          _mm512_and_si512(raw, _mm512_set1_epi32(static_cast<int>(0x80000000u))));
 }
 
 #elif defined(CPU_CAPABILITY_AVX2)
@@ -169,8 +259,9 @@ inline void mulhilo(__m256i a, __m256i m, __m256i& hi, __m256i& lo) {
   lo = _mm256_blend_epi32(even, _mm256_slli_epi64(odd, 32), 0xAA);
 }
 
-inline void philox_simd(uint64_t q0, int64_t ngroups, const philox::Stream& st,
-                         uint32_t* __restrict out) {
+template <typename Map>
+inline void philox_simd_map(uint64_t q0, int64_t ngroups, const philox::Stream& st,
+                            uint32_t* __restrict out, const Map& map) {
   const __m256i m0 = _mm256_set1_epi32(static_cast<int>(philox::kM0));
   const __m256i m1 = _mm256_set1_epi32(static_cast<int>(philox::kM1));
   const __m256i iota = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
@@ -203,6 +294,7 @@ inline void philox_simd(uint64_t q0, int64_t ngroups, const philox::Stream& st,
       c1 = lo1;
       c3 = lo0;
     }
+    map(c0, c1, c2, c3);
     const __m256i t0 = _mm256_unpacklo_epi32(c0, c1);
     const __m256i t1 = _mm256_unpackhi_epi32(c0, c1);
     const __m256i t2 = _mm256_unpacklo_epi32(c2, c3);
@@ -222,16 +314,67 @@ inline void philox_simd(uint64_t q0, int64_t ngroups, const philox::Stream& st,
   }
 }
 
+// The same operations as the AVX-512 version, eight lanes: bit-identical noise.
+inline __m256i laplace_from_raw(__m256i raw) {
+  const __m256i two24 = _mm256_set1_epi32(philox::kTwoPow24i);
+  const __m256i m = _mm256_sub_epi32(_mm256_slli_epi32(_mm256_srli_epi32(raw, 8), 1),
+                                     _mm256_set1_epi32(philox::kTwoPow24i - 1));
+  const __m256i n = _mm256_sub_epi32(two24, _mm256_abs_epi32(m));
+  const __m256i shifted = _mm256_max_epi32(
+      _mm256_sub_epi32(_mm256_castps_si256(_mm256_cvtepi32_ps(n)),
+                       _mm256_set1_epi32(kScaleAndSqrtHalfBits)),
+      _mm256_set1_epi32(kClampMinusSqrtHalfBits));
+  const __m256i sqrt_half = _mm256_set1_epi32(kSqrtHalfBits);
+  const __m256 e = _mm256_cvtepi32_ps(_mm256_srai_epi32(shifted, 23));
+  const __m256 x = _mm256_sub_ps(
+      _mm256_castsi256_ps(_mm256_add_epi32(
+          _mm256_and_si256(shifted, _mm256_set1_epi32(0x007FFFFF)), sqrt_half)),
+      _mm256_set1_ps(1.0f));
+  const __m256 x2 = _mm256_mul_ps(x, x);
+  __m256 p = _mm256_set1_ps(7.0376836292e-2f);
+  p = _mm256_fmadd_ps(p, x, _mm256_set1_ps(-1.1514610310e-1f));
+  p = _mm256_fmadd_ps(p, x, _mm256_set1_ps(1.1676998740e-1f));
+  p = _mm256_fmadd_ps(p, x, _mm256_set1_ps(-1.2420140846e-1f));
+  p = _mm256_fmadd_ps(p, x, _mm256_set1_ps(1.4249322787e-1f));
+  p = _mm256_fmadd_ps(p, x, _mm256_set1_ps(-1.6668057665e-1f));
+  p = _mm256_fmadd_ps(p, x, _mm256_set1_ps(2.0000714765e-1f));
+  p = _mm256_fmadd_ps(p, x, _mm256_set1_ps(-2.4999993993e-1f));
+  p = _mm256_fmadd_ps(p, x, _mm256_set1_ps(3.3333331174e-1f));
+  __m256 y = _mm256_mul_ps(_mm256_mul_ps(x, x2), p);
+  y = _mm256_fmadd_ps(e, _mm256_set1_ps(-2.12194440e-4f), y);
+  y = _mm256_fnmadd_ps(_mm256_set1_ps(0.5f), x2, y);
+  const __m256 l = _mm256_fmadd_ps(e, _mm256_set1_ps(0.693359375f), _mm256_add_ps(x, y));
+  return _mm256_xor_si256(_mm256_castps_si256(l),
+                          _mm256_and_si256(raw, _mm256_set1_epi32(static_cast<int>(0x80000000u))));
+}
+
 #else
 constexpr int64_t kPhiloxLanes = 1;
-
-inline void philox_simd(uint64_t q0, int64_t ngroups, const philox::Stream& st, uint32_t* out) {
-  philox::philox_block(q0, ngroups, st, out);
-}
 #endif
 
 #if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
 #define VSC_SIMD_NOISE 1
+
+inline void philox_simd(uint64_t q0, int64_t ngroups, const philox::Stream& st,
+                        uint32_t* __restrict out) {
+  philox_simd_map(q0, ngroups, st, out, [](auto&, auto&, auto&, auto&) {});
+}
+
+// Laplace noise of `ngroups` calls from counter q0 straight into eps (column order).
+inline void philox_laplace(uint64_t q0, int64_t ngroups, const philox::Stream& st,
+                           float* __restrict eps) {
+  philox_simd_map(q0, ngroups, st, reinterpret_cast<uint32_t*>(eps),
+                  [](auto& c0, auto& c1, auto& c2, auto& c3) {
+                    c0 = laplace_from_raw(c0);
+                    c1 = laplace_from_raw(c1);
+                    c2 = laplace_from_raw(c2);
+                    c3 = laplace_from_raw(c3);
+                  });
+}
+#else
+inline void philox_simd(uint64_t q0, int64_t ngroups, const philox::Stream& st, uint32_t* out) {
+  philox::philox_block(q0, ngroups, st, out);
+}
 #endif
 
 #if defined(CPU_CAPABILITY_AVX512)
@@ -264,26 +407,15 @@ struct NoiseScratch {
 
 inline void draw_noise(int base, uint64_t q0, int64_t ngroups, const philox::Stream& st,
                        NoiseScratch& w, float* __restrict eps) {
-  philox_simd(q0, ngroups, st, w.bits);
 #if defined(VSC_SIMD_NOISE)
+  if (base == 0) {
+    philox_laplace(q0, ngroups, st, eps);
+    return;
+  }
+  philox_simd(q0, ngroups, st, w.bits);
   const int64_t n4 = ceil_div(ngroups, kPhiloxLanes) * kPhiloxLanes * philox::kLanes;
   const uint32_t* bits = w.bits;
-  if (base == 0) {
-    // Laplace: m = 2k - 2**24 + 1, v = (2**24 - |m|) 2**-24 (exact), eps = -sign(m) log(max(v, 1e-6))
-    float* v = w.a;
-    float* sg = w.b;
-    for (int64_t k = 0; k < n4; ++k) {
-      const int32_t m = 2 * static_cast<int32_t>(bits[k] >> 8) - philox::kTwoPow24i + 1;
-      const int32_t abs_m = m < 0 ? -m : m;
-      v[k] = static_cast<float>(philox::kTwoPow24i - abs_m) * static_cast<float>(philox::kInv2Pow24);
-      sg[k] = m > 0 ? -1.0f : 1.0f;
-    }
-    const VecF clamp(static_cast<float>(philox::kLaplaceLogClamp));
-    for (int64_t k = 0; k < n4; k += VecF::size()) {
-      const VecF l = at::vec::maximum(VecF::loadu(v + k), clamp).log();
-      (VecF::loadu(sg + k) * l).store(eps + k);
-    }
-  } else {
+  {
     // Gaussian: Box-Muller on the lane pairs; u1 = (k_a + 1) 2**-24, u2 = k_b 2**-24.
     const int64_t pairs = n4 / 2;
     float* u1 = w.a;
@@ -309,6 +441,7 @@ inline void draw_noise(int base, uint64_t q0, int64_t ngroups, const philox::Str
     }
   }
 #else
+  philox_simd(q0, ngroups, st, w.bits);
   if (base == 0) {
     philox::laplace_block<float>(w.bits, ngroups * philox::kLanes, eps);
   } else {
@@ -545,8 +678,26 @@ void threshold_backward_impl(const ThresholdArgs& a) {
           g_row = g_buf;
         }
         T* glam_row = kGradLam ? glam_p + r * d + i0 : nullptr;
+        // grad_z of the next sample row (this task's, else the next task's first), fetched
+        // while this one is processed: the rows of a task lie d apart.
+        const char* g_next = nullptr;
+        if (g_direct) {
+          if (j + 1 < J) {
+            g_next = reinterpret_cast<const char*>(g_row + a.gz_s1);
+          } else if (t + 1 < t_end) {
+            const int64_t m1 = (t + 1) / plan.nchunks;
+            const int64_t i1 = ((t + 1) % plan.nchunks) * plan.chunk;
+            g_next = reinterpret_cast<const char*>(static_cast<const T*>(a.grad_z) +
+                                                   m1 * a.gz_s0 + i1 * a.gz_s2);
+          }
+        }
         for (int64_t k = 0; k < n; k += V::size()) {
           const int64_t c = std::min<int64_t>(V::size(), n - k);
+          if (g_next != nullptr) {
+            for (int64_t b = 0; b < static_cast<int64_t>(V::size() * sizeof(T)); b += 64) {
+              __builtin_prefetch(g_next + k * static_cast<int64_t>(sizeof(T)) + b);
+            }
+          }
           const V delta = V::loadu(ws + k, c) * V::loadu(eps + k, c);
           const V inactive = delta.abs() <= V::loadu(lam_buf + k, c);
           const V act = V::blendv(one, zero_v, inactive);  // 1 on the active branch (NaN too)
