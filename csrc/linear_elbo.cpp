@@ -354,7 +354,13 @@ linear_elbo_backward(const at::Tensor& grad_E, const std::optional<at::Tensor>& 
                                       std::max(chunk_elements, D));
       if (need_x) grad_x->narrow(0, b0, nb).add_(gr.view({nb, m, D}).sum(1), 2.0);
       if (need_z) {
-        grad_z->narrow(0, b0, nb).narrow(1, j0, m).copy_(at::mm(gr, A_w).mul_(-2.0).view({nb, m, d}));
+        at::Tensor out = grad_z->narrow(0, b0, nb).narrow(1, j0, m);
+        if (out.is_contiguous()) {  // the product straight into grad_z, scaled by -2
+          at::Tensor rows_out = out.view({nb * m, d});
+          at::addmm_out(rows_out, rows_out, gr, A_w, /*beta=*/0.0, /*alpha=*/-2.0);
+        } else {
+          out.copy_(at::mm(gr, A_w).mul_(-2.0).view({nb, m, d}));
+        }
       }
       if (need_A) add_grad_A(*grad_A, z_c.reshape({nb * m, d}), gr, nnz);
     }
