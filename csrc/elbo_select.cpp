@@ -6,7 +6,9 @@
 // its data row x[b] in vector lanes (two accumulators), summed at the end.
 // Backward: at::parallel_for over tasks (b, column chunk); a task loops over the J
 // samples of row b, writes 2 g (x_hat - x) (zeros, without reading x_hat, when
-// g == 0) and accumulates -sum_j of it in a small buffer for grad_x.
+// g == 0) and accumulates -sum_j of it in a small buffer for grad_x. A gradient larger
+// than 16 MiB is written with streaming (non-temporal) stores: it is written once and
+// far larger than the caches.
 //
 // x is converted once to the compute type (float32, float64 for float64 inputs; it
 // is J times smaller than x_hat); x_hat is read in place in its own dtype.
