@@ -110,9 +110,8 @@ def test_low_precision_gradients(backend, dtype, atol, rtol):
 
 
 def test_large_output_cpp():
-    """z above 16 MiB: the C++ forward writes it with streaming stores (rows of
-    d = 1001 are not all vector-aligned, so both store paths run); same values as the
-    reference."""
+    """A z above 16 MiB (rows of d = 1001, tasks of whole rows), per-sample lam: same
+    values as the reference."""
     require_backend("cpp")
     mu, logb = _inputs((256,), 1001, "cpu", torch.float32)
     lam = (0.5 * torch.rand(256, 17, 1001, generator=torch.Generator().manual_seed(1)))
