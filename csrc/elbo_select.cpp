@@ -8,7 +8,9 @@
 // samples of row b, writes 2 g (x_hat - x) and accumulates -sum_j of it in a small
 // buffer for grad_x. Where g == 0 (the unselected samples of max-ELBO selection) it
 // neither reads x_hat nor writes: the gradient comes zero-filled from zeroed_output
-// (csrc/cpu_memory.h), whose untouched pages cost nothing.
+// (csrc/cpu_memory.h), whose untouched pages cost nothing. A gradient larger than
+// 16 MiB is written with streaming (non-temporal) stores: it is written once and far
+// larger than the caches.
 //
 // x is converted once to the compute type (float32, float64 for float64 inputs; it
 // is J times smaller than x_hat); x_hat is read in place in its own dtype.

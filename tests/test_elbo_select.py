@@ -311,6 +311,24 @@ def test_a_large_max_gradient_is_zero_filled_and_an_ordinary_tensor():
         assert (x_hat.grad[unselected] == 1).all()
 
 
+def test_large_gradient_cpp():
+    """A grad x_hat above 16 MiB, which the C++ backward writes with streaming stores
+    (F = 12289: rows start at every vector alignment, so both store paths run), with
+    NaN in the x_hat rows it must not read."""
+    impl, _ = _contract("cpp")
+    x, x_hat, _ = _problem(64, 10, (12289,), torch.float32, "cpu", seed=13)
+    g = torch.zeros(64, 10)
+    chosen = torch.randint(0, 10, (64,), generator=torch.Generator().manual_seed(2))
+    g[torch.arange(64), chosen] = 1.5
+    x_hat[g == 0] = float("nan")
+    grad_x_hat, grad_x = impl.elbo_select_backward(g, x, x_hat, True)
+    assert grad_x_hat.numel() * grad_x_hat.element_size() >= 16 << 20
+    assert (grad_x_hat[g == 0] == 0).all()
+    want_x_hat, want_x = reference.elbo_select_backward(g, x, x_hat.nan_to_num(), True)
+    torch.testing.assert_close(grad_x_hat, want_x_hat)
+    torch.testing.assert_close(grad_x, want_x)
+
+
 @pytest.mark.parametrize("backend", KERNEL_BACKENDS)
 def test_contract_on_several_blocks(backend):
     """Shapes and tile sizes that make the kernels loop over several column blocks and

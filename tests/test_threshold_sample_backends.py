@@ -109,6 +109,19 @@ def test_low_precision_gradients(backend, dtype, atol, rtol):
         torch.testing.assert_close(got.float(), want.float(), atol=atol * 4, rtol=rtol)
 
 
+def test_large_output_cpp():
+    """A z above 16 MiB (rows of d = 1001, tasks of whole rows), per-sample lam: same
+    values as the reference."""
+    require_backend("cpp")
+    mu, logb = _inputs((256,), 1001, "cpu", torch.float32)
+    lam = (0.5 * torch.rand(256, 17, 1001, generator=torch.Generator().manual_seed(1)))
+    z = seeded(6, "cpp", mu, logb, lam, num_samples=17)
+    assert z.numel() * z.element_size() >= 16 << 20
+    z_ref = seeded(6, "reference", mu, logb, lam, num_samples=17)
+    torch.testing.assert_close(z, z_ref, atol=1e-5, rtol=1e-5)
+    assert torch.equal(z == 0, z_ref == 0)
+
+
 @pytest.mark.parametrize("backend", KERNEL_BACKENDS)
 def test_non_contiguous_inputs(backend):
     device = require_backend(backend)
