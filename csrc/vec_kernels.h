@@ -256,40 +256,6 @@ inline void philox_simd_map(uint64_t q0, int64_t ngroups, const philox::Stream& 
   }
 }
 
-inline __m512i laplace_from_raw(__m512i raw) {
-  const __m512i two24 = _mm512_set1_epi32(philox::kTwoPow24i);
-  const __m512i m = _mm512_sub_epi32(_mm512_slli_epi32(_mm512_srli_epi32(raw, 8), 1),
-                                     _mm512_set1_epi32(philox::kTwoPow24i - 1));
-  const __m512i n = _mm512_sub_epi32(two24, _mm512_abs_epi32(m));
-  // bits(v) - bits(sqrt(1/2)) with v = max(n 2**-24, 1e-6): positive floats order as their
-  // bits, and n 2**-24 (n >= 1: normal) is float(n) with the exponent lowered by 24.
-  const __m512i shifted = _mm512_max_epi32(
-      _mm512_sub_epi32(_mm512_castps_si512(_mm512_cvtepi32_ps(n)),
-                       _mm512_set1_epi32(kScaleAndSqrtHalfBits)),
-      _mm512_set1_epi32(kClampMinusSqrtHalfBits));
-  const __m512i sqrt_half = _mm512_set1_epi32(kSqrtHalfBits);
-  const __m512 e = _mm512_cvtepi32_ps(_mm512_srai_epi32(shifted, 23));
-  const __m512 x = _mm512_sub_ps(
-      _mm512_castsi512_ps(_mm512_add_epi32(
-          _mm512_and_si512(shifted, _mm512_set1_epi32(0x007FFFFF)), sqrt_half)),
-      _mm512_set1_ps(1.0f));
-  const __m512 x2 = _mm512_mul_ps(x, x);
-  __m512 p = _mm512_set1_ps(7.0376836292e-2f);
-  p = _mm512_fmadd_ps(p, x, _mm512_set1_ps(-1.1514610310e-1f));
-  p = _mm512_fmadd_ps(p, x, _mm512_set1_ps(1.1676998740e-1f));
-  p = _mm512_fmadd_ps(p, x, _mm512_set1_ps(-1.2420140846e-1f));
-  p = _mm512_fmadd_ps(p, x, _mm512_set1_ps(1.4249322787e-1f));
-  p = _mm512_fmadd_ps(p, x, _mm512_set1_ps(-1.6668057665e-1f));
-  p = _mm512_fmadd_ps(p, x, _mm512_set1_ps(2.0000714765e-1f));
-  p = _mm512_fmadd_ps(p, x, _mm512_set1_ps(-2.4999993993e-1f));
-  p = _mm512_fmadd_ps(p, x, _mm512_set1_ps(3.3333331174e-1f));
-  __m512 y = _mm512_mul_ps(_mm512_mul_ps(x, x2), p);
-  y = _mm512_fmadd_ps(e, _mm512_set1_ps(-2.12194440e-4f), y);
-  y = _mm512_fnmadd_ps(_mm512_set1_ps(0.5f), x2, y);
-  const __m512 l = _mm512_fmadd_ps(e, _mm512_set1_ps(0.693359375f), _mm512_add_ps(x, y));
-  return _mm512_xor_si512(_mm512_castps_si512(l),
-                          _mm512_and_si512(raw, _mm512_set1_epi32(static_cast<int>(0x80000000u))));
-}
 
 #elif defined(CPU_CAPABILITY_AVX2)
 constexpr int64_t kPhiloxLanes = 8;
@@ -356,39 +322,6 @@ inline void philox_simd_map(uint64_t q0, int64_t ngroups, const philox::Stream& 
   }
 }
 
-// The same operations as the AVX-512 version, eight lanes: bit-identical noise.
-inline __m256i laplace_from_raw(__m256i raw) {
-  const __m256i two24 = _mm256_set1_epi32(philox::kTwoPow24i);
-  const __m256i m = _mm256_sub_epi32(_mm256_slli_epi32(_mm256_srli_epi32(raw, 8), 1),
-                                     _mm256_set1_epi32(philox::kTwoPow24i - 1));
-  const __m256i n = _mm256_sub_epi32(two24, _mm256_abs_epi32(m));
-  const __m256i shifted = _mm256_max_epi32(
-      _mm256_sub_epi32(_mm256_castps_si256(_mm256_cvtepi32_ps(n)),
-                       _mm256_set1_epi32(kScaleAndSqrtHalfBits)),
-      _mm256_set1_epi32(kClampMinusSqrtHalfBits));
-  const __m256i sqrt_half = _mm256_set1_epi32(kSqrtHalfBits);
-  const __m256 e = _mm256_cvtepi32_ps(_mm256_srai_epi32(shifted, 23));
-  const __m256 x = _mm256_sub_ps(
-      _mm256_castsi256_ps(_mm256_add_epi32(
-          _mm256_and_si256(shifted, _mm256_set1_epi32(0x007FFFFF)), sqrt_half)),
-      _mm256_set1_ps(1.0f));
-  const __m256 x2 = _mm256_mul_ps(x, x);
-  __m256 p = _mm256_set1_ps(7.0376836292e-2f);
-  p = _mm256_fmadd_ps(p, x, _mm256_set1_ps(-1.1514610310e-1f));
-  p = _mm256_fmadd_ps(p, x, _mm256_set1_ps(1.1676998740e-1f));
-  p = _mm256_fmadd_ps(p, x, _mm256_set1_ps(-1.2420140846e-1f));
-  p = _mm256_fmadd_ps(p, x, _mm256_set1_ps(1.4249322787e-1f));
-  p = _mm256_fmadd_ps(p, x, _mm256_set1_ps(-1.6668057665e-1f));
-  p = _mm256_fmadd_ps(p, x, _mm256_set1_ps(2.0000714765e-1f));
-  p = _mm256_fmadd_ps(p, x, _mm256_set1_ps(-2.4999993993e-1f));
-  p = _mm256_fmadd_ps(p, x, _mm256_set1_ps(3.3333331174e-1f));
-  __m256 y = _mm256_mul_ps(_mm256_mul_ps(x, x2), p);
-  y = _mm256_fmadd_ps(e, _mm256_set1_ps(-2.12194440e-4f), y);
-  y = _mm256_fnmadd_ps(_mm256_set1_ps(0.5f), x2, y);
-  const __m256 l = _mm256_fmadd_ps(e, _mm256_set1_ps(0.693359375f), _mm256_add_ps(x, y));
-  return _mm256_xor_si256(_mm256_castps_si256(l),
-                          _mm256_and_si256(raw, _mm256_set1_epi32(static_cast<int>(0x80000000u))));
-}
 
 #else
 constexpr int64_t kPhiloxLanes = 1;
@@ -396,6 +329,64 @@ constexpr int64_t kPhiloxLanes = 1;
 
 #if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
 #define VSC_SIMD_NOISE 1
+
+// laplace_from_raw, written once for both instruction sets: VSC_MM(op) names the
+// intrinsic _mm512_op / _mm256_op, VSC_SI(op) the integer-register one (_mm512_op_si512
+// / _mm256_op_si256). The same operations in the same order on 16 or 8 lanes, so the
+// AVX-512 and AVX2 builds draw bit-identical noise.
+#if defined(CPU_CAPABILITY_AVX512)
+using SimdI = __m512i;
+using SimdF = __m512;
+#define VSC_MM(op) _mm512_##op
+#define VSC_SI(op) _mm512_##op##_si512
+#define VSC_CAST_TO_INT _mm512_castps_si512
+#define VSC_CAST_TO_FLOAT _mm512_castsi512_ps
+#else
+using SimdI = __m256i;
+using SimdF = __m256;
+#define VSC_MM(op) _mm256_##op
+#define VSC_SI(op) _mm256_##op##_si256
+#define VSC_CAST_TO_INT _mm256_castps_si256
+#define VSC_CAST_TO_FLOAT _mm256_castsi256_ps
+#endif
+
+inline SimdI laplace_from_raw(SimdI raw) {
+  const SimdI two24 = VSC_MM(set1_epi32)(philox::kTwoPow24i);
+  const SimdI m = VSC_MM(sub_epi32)(VSC_MM(slli_epi32)(VSC_MM(srli_epi32)(raw, 8), 1),
+                                    VSC_MM(set1_epi32)(philox::kTwoPow24i - 1));
+  const SimdI n = VSC_MM(sub_epi32)(two24, VSC_MM(abs_epi32)(m));
+  // bits(v) - bits(sqrt(1/2)) with v = max(n 2**-24, 1e-6): positive floats order as their
+  // bits, and n 2**-24 (n >= 1: normal) is float(n) with the exponent lowered by 24.
+  const SimdI shifted = VSC_MM(max_epi32)(
+      VSC_MM(sub_epi32)(VSC_CAST_TO_INT(VSC_MM(cvtepi32_ps)(n)),
+                        VSC_MM(set1_epi32)(kScaleAndSqrtHalfBits)),
+      VSC_MM(set1_epi32)(kClampMinusSqrtHalfBits));
+  const SimdI sqrt_half = VSC_MM(set1_epi32)(kSqrtHalfBits);
+  const SimdF e = VSC_MM(cvtepi32_ps)(VSC_MM(srai_epi32)(shifted, 23));
+  const SimdF x = VSC_MM(sub_ps)(
+      VSC_CAST_TO_FLOAT(VSC_MM(add_epi32)(
+          VSC_SI(and)(shifted, VSC_MM(set1_epi32)(0x007FFFFF)), sqrt_half)),
+      VSC_MM(set1_ps)(1.0f));
+  const SimdF x2 = VSC_MM(mul_ps)(x, x);
+  SimdF p = VSC_MM(set1_ps)(7.0376836292e-2f);
+#pragma GCC unroll 8
+  for (const float c : {-1.1514610310e-1f, 1.1676998740e-1f, -1.2420140846e-1f,
+                        1.4249322787e-1f, -1.6668057665e-1f, 2.0000714765e-1f,
+                        -2.4999993993e-1f, 3.3333331174e-1f}) {
+    p = VSC_MM(fmadd_ps)(p, x, VSC_MM(set1_ps)(c));
+  }
+  SimdF y = VSC_MM(mul_ps)(VSC_MM(mul_ps)(x, x2), p);
+  y = VSC_MM(fmadd_ps)(e, VSC_MM(set1_ps)(-2.12194440e-4f), y);
+  y = VSC_MM(fnmadd_ps)(VSC_MM(set1_ps)(0.5f), x2, y);
+  const SimdF l = VSC_MM(fmadd_ps)(e, VSC_MM(set1_ps)(0.693359375f), VSC_MM(add_ps)(x, y));
+  return VSC_SI(xor)(VSC_CAST_TO_INT(l),
+                     VSC_SI(and)(raw, VSC_MM(set1_epi32)(static_cast<int>(0x80000000u))));
+}
+
+#undef VSC_MM
+#undef VSC_SI
+#undef VSC_CAST_TO_INT
+#undef VSC_CAST_TO_FLOAT
 
 inline void philox_simd(uint64_t q0, int64_t ngroups, const philox::Stream& st,
                         uint32_t* __restrict out) {
