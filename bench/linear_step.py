@@ -35,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import common  # noqa: E402
 from vsc.config import load_config  # noqa: E402
+from vsc.step_monitor import StepMonitor  # noqa: E402
 from vsc.train import Trainer  # noqa: E402
 
 QUICK_CONFIG = Path(__file__).resolve().parent.parent / "vsc" / "configs" / "quick.toml"
@@ -49,7 +50,7 @@ def build(provider: str, device: torch.device, batch: int, workdir: Path) -> Tra
                  f"cuda_graphs={'true' if provider == 'cuda_graphs' else 'false'}"]
     trainer = Trainer(load_config(QUICK_CONFIG, overrides), workdir / provider, progress=False)
     trainer.step = STEADY_STEP
-    trainer.monitor.state[6] = float(STEADY_STEP)
+    trainer.monitor = StepMonitor(trainer.device, STEADY_STEP)
     return trainer
 
 

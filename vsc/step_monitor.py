@@ -74,8 +74,8 @@ class StepMonitor:
                objective: Callable[[], torch.Tensor] | None = None) -> None:
         """Step ``optimizers`` (after ``loss.backward()``), keep the update only while
         every step so far is healthy, and add this step's numbers to the sums:
-        ``loss``, ``nonzero`` and ``objective()``, evaluated after the update (without
-        it the loss is summed twice). Issues no host read."""
+        ``loss``, ``nonzero`` and ``objective()``, evaluated after the update (the loss
+        again in its slot when there is no ``objective``). Issues no host read."""
         params = [p for o in optimizers for g in o.param_groups for p in g["params"]]
         grads = [p.grad for p in params if p.grad is not None]
         loss = loss.detach()
