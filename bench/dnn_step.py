@@ -163,17 +163,14 @@ def main(argv=None):
     parser.add_argument("--dtype", choices=list(DTYPES), default=None,
                         help="autocast dtype (default bf16 on CUDA, fp32 on CPU)")
     parser.add_argument("--repeats", type=int, default=None)
-    parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--quick", action="store_true", help="B=16, few repeats, not saved")
-    parser.add_argument("--no-save", action="store_true")
-    parser.add_argument("--out", default=None, help="results folder (default bench/results)")
+    common.add_timing_options(parser, rounds=False)
     parser.add_argument("--child", choices=PROVIDERS, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     args.dtype = args.dtype or ("bf16" if device.type == "cuda" else "fp32")
     args.batch = args.batch or (16 if args.quick else 512 if device.type == "cuda" else 64)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    clock = common.apply_timing_options(args)
     if args.child:
         return child(args)
     repeats = args.repeats or (3 if args.quick else 20 if device.type == "cuda" else 7)
@@ -217,7 +214,7 @@ def main(argv=None):
                    "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
                    "shape": {"B": args.batch, "J": args.samples, "latent_dim": args.latent_dim,
                              "image": [1, 28, 28], "architecture": "fmnist (Table 5)"},
-                   "dtype": args.dtype, "repeats": repeats, "rows": rows,
+                   "dtype": args.dtype, "repeats": repeats, "clock": clock.__name__, "rows": rows,
                    "gradient_cosine_selected_vs_all": cosine}
         print(f"wrote {common.write_results('dnn_step', device, payload, directory=args.out)}")
 

@@ -133,7 +133,6 @@ COLUMNS = [
 ]
 
 
-
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true",

@@ -162,6 +162,18 @@ constexpr int32_t kSqrtHalfBits = 0x3F3504F3;
 constexpr int32_t kScaleAndSqrtHalfBits = (24 << 23) + kSqrtHalfBits;
 constexpr int32_t kClampMinusSqrtHalfBits = 0x358637BD - kSqrtHalfBits;
 
+// The ten round keys of st, each broadcast to every lane of a register (set1).
+template <typename Reg, typename Set1>
+inline void round_keys(const philox::Stream& st, Reg* key0, Reg* key1, const Set1& set1) {
+  uint32_t k0 = st.k0, k1 = st.k1;
+  for (int r = 0; r < philox::kRounds; ++r) {
+    key0[r] = set1(static_cast<int>(k0));
+    key1[r] = set1(static_cast<int>(k1));
+    k0 += philox::kW0;
+    k1 += philox::kW1;
+  }
+}
+
 #if defined(CPU_CAPABILITY_AVX512)
 constexpr int64_t kPhiloxLanes = 16;
 
@@ -240,13 +252,7 @@ template <typename Map>
 inline void philox_simd_map(uint64_t q0, int64_t ngroups, const philox::Stream& st,
                             uint32_t* __restrict out, const Map& map) {
   __m512i key0[philox::kRounds], key1[philox::kRounds];
-  uint32_t k0 = st.k0, k1 = st.k1;
-  for (int r = 0; r < philox::kRounds; ++r) {
-    key0[r] = _mm512_set1_epi32(static_cast<int>(k0));
-    key1[r] = _mm512_set1_epi32(static_cast<int>(k1));
-    k0 += philox::kW0;
-    k1 += philox::kW1;
-  }
+  round_keys(st, key0, key1, [](int k) { return _mm512_set1_epi32(k); });
   int64_t g = 0;
   for (; g + kPhiloxLanes < ngroups; g += 2 * kPhiloxLanes) {
     philox_blocks<2>(q0 + static_cast<uint64_t>(g), st, key0, key1, out + 4 * g, map);
@@ -255,7 +261,6 @@ inline void philox_simd_map(uint64_t q0, int64_t ngroups, const philox::Stream& 
     philox_blocks<1>(q0 + static_cast<uint64_t>(g), st, key0, key1, out + 4 * g, map);
   }
 }
-
 
 #elif defined(CPU_CAPABILITY_AVX2)
 constexpr int64_t kPhiloxLanes = 8;
@@ -276,13 +281,7 @@ inline void philox_simd_map(uint64_t q0, int64_t ngroups, const philox::Stream& 
   // unsigned a < b as signed compare after flipping the sign bits
   const __m256i flip = _mm256_set1_epi32(static_cast<int>(0x80000000u));
   __m256i key0[philox::kRounds], key1[philox::kRounds];
-  uint32_t k0 = st.k0, k1 = st.k1;
-  for (int r = 0; r < philox::kRounds; ++r) {
-    key0[r] = _mm256_set1_epi32(static_cast<int>(k0));
-    key1[r] = _mm256_set1_epi32(static_cast<int>(k1));
-    k0 += philox::kW0;
-    k1 += philox::kW1;
-  }
+  round_keys(st, key0, key1, [](int k) { return _mm256_set1_epi32(k); });
   for (int64_t g = 0; g < ngroups; g += kPhiloxLanes) {
     const uint64_t q = q0 + static_cast<uint64_t>(g);
     __m256i c0 = _mm256_add_epi32(_mm256_set1_epi32(static_cast<int>(static_cast<uint32_t>(q))),
@@ -321,7 +320,6 @@ inline void philox_simd_map(uint64_t q0, int64_t ngroups, const philox::Stream& 
                         _mm256_permute2x128_si256(u2, u3, 0x31));
   }
 }
-
 
 #else
 constexpr int64_t kPhiloxLanes = 1;
@@ -448,30 +446,28 @@ inline void draw_noise(int base, uint64_t q0, int64_t ngroups, const philox::Str
   philox_simd(q0, ngroups, st, w.bits);
   const int64_t n4 = ceil_div(ngroups, kPhiloxLanes) * kPhiloxLanes * philox::kLanes;
   const uint32_t* bits = w.bits;
-  {
-    // Gaussian: Box-Muller on the lane pairs; u1 = (k_a + 1) 2**-24, u2 = k_b 2**-24.
-    const int64_t pairs = n4 / 2;
-    float* u1 = w.a;
-    float* u2 = w.b;
-    for (int64_t i = 0; i < pairs; ++i) {
-      u1[i] = static_cast<float>(static_cast<int32_t>(bits[2 * i] >> 8) + 1) *
-              static_cast<float>(philox::kInv2Pow24);
-      u2[i] = static_cast<float>(static_cast<int32_t>(bits[2 * i + 1] >> 8)) *
-              static_cast<float>(philox::kInv2Pow24);
-    }
-    const VecF minus_two(-2.0f), two_pi(static_cast<float>(philox::kTwoPi));
-    float* radius = w.c;
-    for (int64_t i = 0; i < pairs; i += VecF::size()) {
-      (minus_two * VecF::loadu(u1 + i).log()).sqrt().store(radius + i);
-      (two_pi * VecF::loadu(u2 + i)).store(u2 + i);  // theta, in place
-    }
-    float* sin_t = w.a;  // u1 is no longer needed
-    float* cos_t = w.e;
-    sincos_block(u2, pairs, sin_t, cos_t);
-    for (int64_t i = 0; i < pairs; ++i) {
-      eps[2 * i] = radius[i] * cos_t[i];
-      eps[2 * i + 1] = radius[i] * sin_t[i];
-    }
+  // Gaussian: Box-Muller on the lane pairs; u1 = (k_a + 1) 2**-24, u2 = k_b 2**-24.
+  const int64_t pairs = n4 / 2;
+  float* u1 = w.a;
+  float* u2 = w.b;
+  for (int64_t i = 0; i < pairs; ++i) {
+    u1[i] = static_cast<float>(static_cast<int32_t>(bits[2 * i] >> 8) + 1) *
+            static_cast<float>(philox::kInv2Pow24);
+    u2[i] = static_cast<float>(static_cast<int32_t>(bits[2 * i + 1] >> 8)) *
+            static_cast<float>(philox::kInv2Pow24);
+  }
+  const VecF minus_two(-2.0f), two_pi(static_cast<float>(philox::kTwoPi));
+  float* radius = w.c;
+  for (int64_t i = 0; i < pairs; i += VecF::size()) {
+    (minus_two * VecF::loadu(u1 + i).log()).sqrt().store(radius + i);
+    (two_pi * VecF::loadu(u2 + i)).store(u2 + i);  // theta, in place
+  }
+  float* sin_t = w.a;  // u1 is no longer needed
+  float* cos_t = w.e;
+  sincos_block(u2, pairs, sin_t, cos_t);
+  for (int64_t i = 0; i < pairs; ++i) {
+    eps[2 * i] = radius[i] * cos_t[i];
+    eps[2 * i + 1] = radius[i] * sin_t[i];
   }
 #else
   philox_simd(q0, ngroups, st, w.bits);

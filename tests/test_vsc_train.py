@@ -192,11 +192,15 @@ def test_a_non_finite_step_freezes_the_model_until_the_read_names_it(tmp_path, c
     trainer.read_monitor()
     healthy = {name: p.detach().clone() for name, p in
                [*trainer.generator.named_parameters(), *trainer.encoder.named_parameters()]}
-    momentum = [b.clone() for b in trainer.optimizers["encoder"].state.values()
-                for b in [b["momentum_buffer"]]]
+    momentum = [state["momentum_buffer"].clone()
+                for state in trainer.optimizers["encoder"].state.values()]
     if poison == "loss":
         loss = trainer.loss
-        trainer.loss = lambda x, step: (loss(x, step)[0] * float("nan"), *loss(x, step)[1:])
+
+        def poisoned(x, step):
+            value, codes, result = loss(x, step)
+            return value * float("nan"), codes, result
+        trainer.loss = poisoned
     else:
         trainer.generator.A.register_hook(lambda g: g * float("inf"))
     for x in batches[2:5]:

@@ -199,19 +199,18 @@ class Trainer:
                                  tol=c.fista_tolerance, init=init).codes
 
     def objective(self, x: torch.Tensor, codes: torch.Tensor, lam: float | None = None) -> float:
+        """Objective (10) averaged over the inputs (:meth:`objective_per_input`)."""
+        return float(self.objective_per_input(x, codes, lam).mean())
+
+    def objective_per_input(self, x: torch.Tensor, codes: torch.Tensor,
+                            lam: float | None = None) -> torch.Tensor:
         """Objective (10) per input, ``c ||x - Az||^2 + lam ||z||_1`` with ``lam =
-        val_lambda`` and the convention's ``c`` (0.5: the paper's Table 1 scale)."""
+        val_lambda`` and the convention's ``c`` (0.5: the paper's Table 1 scale), as a
+        float64 ``(N,)`` tensor on the device."""
         c = self.config
         lam = c.val_lambda if lam is None else lam
         return c.objective_weight * metrics.sparse_coding_objective(
-            x, self.generator.A.detach(), codes, lam / c.objective_weight)
-
-    def objective_per_input(self, x: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
-        """:meth:`objective` before the mean, ``(N,)`` float64 on the device."""
-        c = self.config
-        return c.objective_weight * metrics.sparse_coding_objective(
-            x, self.generator.A.detach(), codes, c.val_lambda / c.objective_weight,
-            reduction="none")
+            x, self.generator.A.detach(), codes, lam / c.objective_weight, reduction="none")
 
     def loss(self, x: torch.Tensor, step: int, num_samples: int | None = None):
         """Training objective (eq. 11; :func:`elbo_loss` plus the Frobenius term), the
