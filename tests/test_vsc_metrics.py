@@ -434,6 +434,24 @@ def test_plot_dictionary_order_and_png(tmp_path):
     _check_png(tmp_path / "sub" / "d2.png")
 
 
+def test_a_long_dictionary_title_is_wrapped_inside_the_figure(tmp_path, monkeypatch):
+    """dictionary.png's title names the prior, the estimator, the shift gradient and the
+    sampling; on a 16-column figure that is wider than the figure and was clipped."""
+    saved = []
+    save = P._save_png
+    monkeypatch.setattr(P, "_save_png", lambda fig, path: (saved.append(fig), save(fig, path))[1])
+    title = ("Thresholded Laplacian, straight_shift, exact shift gradient, max J = 20: "
+             "8000 steps, atoms by norm")
+    P.plot_dictionary(torch.randn(256, 256), tmp_path / "d.png", title=title)
+    fig = saved[0]
+    renderer = fig.canvas.get_renderer()
+    box = fig._suptitle.get_window_extent(renderer)
+    assert fig._suptitle.get_text().replace("\n", " ") == title
+    assert 0 <= box.x0 and box.x1 <= fig.bbox.width and box.y1 <= fig.bbox.height
+    for ax in fig.axes:                                   # the atoms start below it
+        assert ax.get_window_extent(renderer).y1 <= box.y0 + 1
+
+
 def test_plot_dictionary_zero_is_mid_gray(tmp_path):
     import matplotlib.image
 

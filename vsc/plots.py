@@ -67,14 +67,22 @@ def plot_dictionary(A, path, patch_shape: tuple[int, int] = (16, 16), sort_by_no
     import matplotlib
 
     cmap = matplotlib.colormaps["gray"].with_extremes(bad="white")
+    import textwrap
+
     cell = 0.35 if max(ph, pw) >= 8 else 0.2
-    fig = _new_figure((max(2.0, ncols * cell), max(2.0, nrows * cell) + (0.4 if title else 0)))
-    ax = fig.add_axes((0, 0, 1, 0.93 if title else 1))
+    width = max(2.0, ncols * cell)
+    # The title wrapped to the figure's width (about 14 characters per inch at 9 pt),
+    # with a header tall enough for its lines.
+    lines = textwrap.wrap(title, max(20, int(14 * width))) if title else []
+    header = 0.2 + 0.18 * len(lines) if lines else 0.0
+    height = max(2.0, nrows * cell) + header
+    fig = _new_figure((width, height))
+    ax = fig.add_axes((0, 0, 1, 1 - header / height))
     ax.imshow(np.ma.masked_invalid(mosaic), cmap=cmap, vmin=-1.0, vmax=1.0,
               interpolation="nearest")
     ax.set_axis_off()
-    if title:
-        fig.suptitle(title, fontsize=9)
+    if lines:
+        fig.suptitle("\n".join(lines), fontsize=9)
     _save_png(fig, path)
     return order.astype(np.int64)
 
