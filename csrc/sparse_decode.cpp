@@ -25,6 +25,8 @@
 
 #include "sparse_decode.h"
 
+#include "cpu_kernels.h"
+
 #include <algorithm>
 #include <cstdint>
 #include <type_traits>
@@ -140,6 +142,11 @@ void forward(const z_t* z, const T* At, int64_t N, int64_t d, int64_t D, z_t* ou
 template <typename z_t, typename T>
 void grad_weight_t(const z_t* z, const T* grad_out, int64_t N, int64_t d, int64_t D,
                    z_t* out) {
+  if constexpr (std::is_same_v<z_t, float>) {
+    // float32: the vectorized kernel (csrc/vec_kernels.h), same sums bit for bit
+    cpu::kernels().sparse_grad_t_f32(z, grad_out, N, d, D, out);
+    return;
+  }
   // Output rows per block: every block streams all of grad_out once, so blocks are
   // large: one per thread, at most 4 MB of accumulators (they live in L2/L3).
   const int64_t threads = std::max<int64_t>(1, at::get_num_threads());

@@ -990,11 +990,168 @@ void elbo_backward(const SquaredErrorArgs& a) {
 }
 
 // ---------------------------------------------------------------------------------------
+// Non-zeros of sparse codes.
+
+// Entries of the idx / val buffers that collect_nonzeros may write past the count it
+// returns: buffers for a row of n values hold n + kCollectSlack entries.
+constexpr int64_t kCollectSlack = 16;
+
+// The non-zeros of row[0, n) in ascending order (NaN counts as non-zero, +-0 does not):
+// their positions in idx and values in val; returns their number. Without branches, so
+// that randomly placed non-zeros cost no mispredictions (a branch per entry cost more
+// than the products over the non-zeros): AVX-512 compresses 16 entries at a time into
+// registers (the register form of vcompress, not the slow memory form) and stores whole
+// vectors; elsewhere every entry is written and the count advances by (v != 0).
+inline int64_t collect_nonzeros(const float* __restrict row, int64_t n, int32_t* __restrict idx,
+                                float* __restrict val) {
+  int64_t count = 0, k = 0;
+#if defined(CPU_CAPABILITY_AVX512)
+  __m512i pos = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+  const __m512i step = _mm512_set1_epi32(16);
+  for (; k + 16 <= n; k += 16) {
+    const __m512 v = _mm512_loadu_ps(row + k);
+    const __mmask16 m = _mm512_cmp_ps_mask(v, _mm512_setzero_ps(), _CMP_NEQ_UQ);
+    _mm512_storeu_ps(val + count, _mm512_maskz_compress_ps(m, v));
+    _mm512_storeu_si512(idx + count, _mm512_maskz_compress_epi32(m, pos));
+    count += __builtin_popcount(static_cast<unsigned>(m));
+    pos = _mm512_add_epi32(pos, step);
+  }
+#endif
+  for (; k < n; ++k) {
+    const float v = row[k];
+    idx[count] = static_cast<int32_t>(k);
+    val[count] = v;
+    count += v != 0.0f;
+  }
+  return count;
+}
+
+// The same for a strided row of any element type, converted to T.
+template <typename S, typename T>
+inline int64_t collect_nonzeros(const S* row, int64_t n, int64_t stride, int32_t* idx, T* val) {
+  if constexpr (std::is_same_v<S, float> && std::is_same_v<T, float>) {
+    if (stride == 1) return collect_nonzeros(row, n, idx, val);
+  }
+  int64_t count = 0;
+  for (int64_t k = 0; k < n; ++k) {
+    const T v = static_cast<T>(row[k * stride]);
+    idx[count] = static_cast<int32_t>(k);
+    val[count] = v;
+    count += v != T(0);
+  }
+  return count;
+}
+
+// out (d, D) = z^T g for z (N, d) and g (N, D) contiguous float32, over z's non-zeros:
+// out[k, f] = sum over n ascending of z[n, k] g[n, f], added one by one from 0 (the
+// rounding of csrc/sparse_decode.cpp's scalar loop, which this replaces for float32).
+// Threads own blocks of k. Rows are taken in blocks of kRowBlock: the block's non-zeros
+// (in the thread's columns) are collected row by row, then counting-sorted by k (rows stay
+// ascending). The columns f are then taken in chunks whose rows of g (block x chunk) stay
+// in L2, and each out[k, chunk] is updated once per block: kTileVecs vectors held in
+// registers while the block's entries of column k add their rows of g to them. So out is
+// read and written once per block and chunk, not once per non-zero.
+void sparse_grad_t_f32(const float* z, const float* g, int64_t N, int64_t d, int64_t D,
+                       float* out) {
+  using V = VecF;
+  constexpr int64_t kTileVecs = 8;
+  constexpr int64_t kTileCols = kTileVecs * V::size();
+  constexpr int64_t kRowBlock = 512;
+  constexpr int64_t kPrefetchAhead = 2;
+  const int64_t threads = std::max<int64_t>(1, at::get_num_threads());
+  const int64_t k_block = std::max<int64_t>(16, ceil_div(d, threads));
+  const int64_t n_block = std::min<int64_t>(kRowBlock, std::max<int64_t>(N, 1));
+  // columns per chunk: the block's rows of g in ~256 KB, whole register tiles
+  const int64_t chunk = std::max<int64_t>(
+      kTileCols, (int64_t{256} << 10) / (4 * n_block) / kTileCols * kTileCols);
+  at::parallel_for(0, ceil_div(d, k_block), 1, [&](int64_t kb_begin, int64_t kb_end) {
+    std::vector<int32_t> coo_k, entry_row;
+    std::vector<float> coo_v, entry_val;
+    std::vector<int64_t> row_end(static_cast<size_t>(n_block));
+    std::vector<float> packed(static_cast<size_t>(n_block * std::min(chunk, D)));
+    for (int64_t kb = kb_begin; kb < kb_end; ++kb) {
+      const int64_t k0 = kb * k_block, kw = std::min(k_block, d - k0);
+      std::fill(out + k0 * D, out + (k0 + kw) * D, 0.0f);
+      std::vector<int64_t> offset(static_cast<size_t>(kw + 1)), fill(static_cast<size_t>(kw));
+      for (int64_t n0 = 0; n0 < N; n0 += n_block) {
+        const int64_t nb = std::min(n_block, N - n0);
+        int64_t nnz = 0;
+        for (int64_t i = 0; i < nb; ++i) {
+          const size_t need = static_cast<size_t>(nnz + kw + kCollectSlack);
+          if (coo_k.size() < need) {
+            const size_t grown = std::max(need, 2 * coo_k.size());
+            coo_k.resize(grown);
+            coo_v.resize(grown);
+          }
+          nnz += collect_nonzeros(z + (n0 + i) * d + k0, kw, coo_k.data() + nnz,
+                                  coo_v.data() + nnz);
+          row_end[i] = nnz;
+        }
+        if (nnz == 0) continue;
+        if (entry_row.size() < static_cast<size_t>(nnz)) {
+          entry_row.resize(coo_k.size());
+          entry_val.resize(coo_k.size());
+        }
+        std::fill(offset.begin(), offset.end(), 0);
+        for (int64_t e = 0; e < nnz; ++e) ++offset[coo_k[e] + 1];
+        for (int64_t k = 0; k < kw; ++k) offset[k + 1] += offset[k];
+        std::copy(offset.begin(), offset.end() - 1, fill.begin());
+        for (int64_t i = 0, e = 0; i < nb; ++i) {
+          for (; e < row_end[i]; ++e) {
+            const int64_t pos = fill[coo_k[e]]++;
+            entry_row[pos] = static_cast<int32_t>(i);
+            entry_val[pos] = coo_v[e];
+          }
+        }
+        for (int64_t c0 = 0; c0 < D; c0 += chunk) {
+          const int64_t cw = std::min(chunk, D - c0);
+          // the block's rows of g over the chunk, packed (rows cw apart: g's own rows, D
+          // apart, alias in the cache when D is a multiple of 1024)
+          for (int64_t i = 0; i < nb; ++i) {
+            std::copy(g + (n0 + i) * D + c0, g + (n0 + i) * D + c0 + cw, packed.data() + i * cw);
+          }
+          for (int64_t k = 0; k < kw; ++k) {
+            const int64_t e0 = offset[k], e1 = offset[k + 1];
+            if (e0 == e1) continue;
+            float* o = out + (k0 + k) * D + c0;
+            if (k + kPrefetchAhead < kw) {  // out's rows are far apart: fetch ahead
+              const float* next = o + kPrefetchAhead * D;
+              for (int64_t f = 0; f < cw; f += 16) __builtin_prefetch(next + f, 1);
+            }
+            int64_t f0 = 0;
+            for (; f0 + kTileCols <= cw; f0 += kTileCols) {
+              V acc[kTileVecs];
+              for (int64_t t = 0; t < kTileVecs; ++t) acc[t] = V::loadu(o + f0 + t * V::size());
+              for (int64_t e = e0; e < e1; ++e) {
+                const V v(entry_val[e]);
+                const float* gr = packed.data() + entry_row[e] * cw + f0;
+                for (int64_t t = 0; t < kTileVecs; ++t) {
+                  acc[t] = acc[t] + v * V::loadu(gr + t * V::size());
+                }
+              }
+              for (int64_t t = 0; t < kTileVecs; ++t) acc[t].store(o + f0 + t * V::size());
+            }
+            for (; f0 < cw; f0 += V::size()) {
+              const int64_t c = std::min<int64_t>(V::size(), cw - f0);
+              V acc = V::loadu(o + f0, c);
+              for (int64_t e = e0; e < e1; ++e) {
+                acc = acc + V(entry_val[e]) * V::loadu(packed.data() + entry_row[e] * cw + f0, c);
+              }
+              acc.store(o + f0, c);
+            }
+          }
+        }
+      }
+    }
+  });
+}
+
+// ---------------------------------------------------------------------------------------
 // linear_elbo rows (see LinearArgs).
 
-template <typename T>
+template <typename T, typename I>
 inline void add_rows(T* __restrict acc, int64_t n, const T* __restrict dense,
-                     const int64_t* __restrict col, const T* __restrict val, int64_t count) {
+                     const I* __restrict col, const T* __restrict val, int64_t count) {
   using V = Vectorized<T>;
   int64_t i = 0;
   for (; i + 4 <= count; i += 4) {
@@ -1022,17 +1179,21 @@ inline void add_rows(T* __restrict acc, int64_t n, const T* __restrict dense,
 
 // Sparse codes against an A^T larger than the L2 cache: reading a whole row of A^T per
 // non-zero (the row-wise path below) streams A^T from memory again for every sample row.
-// Here a block of kBlockRows sample rows has its non-zeros sorted by code index k (stable,
-// so rows stay in order), and the D columns are processed in tiles of kTile: each row of
-// A^T is then read once per block and tile and added to all the block's rows that use it
-// (their accumulators, kBlockRows x kTile, stay in L2). Same sums as the row-wise path:
-// rec[f] = sum over k ascending of z_k A^T[k, f].
-constexpr int64_t kBlockRows = 64;
+// Here the D columns are processed in tiles of kTile, with A^T copied tile-major (a tile,
+// d x kTile, is contiguous), and the rows in blocks of kBlockRows: the block's non-zeros
+// are collected once (row by row, k ascending), then for each tile every row of the block
+// sums its non-zeros' rows of the tile in registers (kTile columns) and reduces them at
+// once. The tile is read from L2/L3 once per block, and nothing but the row's result is
+// stored. Same sums as the row-wise path: rec[f] = sum over k ascending of z_k A^T[k, f];
+// the squared norm is reduced per tile (lanes_sum) and the tiles' sums added in order.
+constexpr int64_t kBlockRows = 256;
 constexpr int64_t kTile = 64;
+constexpr int64_t kAhead = 8;  // entries: idx holds kCollectSlack >= kAhead more
 
 template <typename S, typename T>
 void linear_rows_blocked(const LinearArgs& a) {
   using V = Vectorized<T>;
+  constexpr int64_t kTileVecs = kTile / V::size();
   const int64_t d = a.d, D = a.D;
   const S* z = static_cast<const S*>(a.z);
   const T* x = static_cast<const T*>(a.x);
@@ -1041,8 +1202,8 @@ void linear_rows_blocked(const LinearArgs& a) {
   const T* g = static_cast<const T*>(a.g);
   T* residual = static_cast<T*>(a.residual);
   const int64_t n_blocks = ceil_div(a.rows, kBlockRows);
-  // A^T copied tile-major, tiles[t][k][0, kTile): the rows of one tile are contiguous, so
-  // the loop over k streams them in order (one pass over A^T, once per call).
+  // A^T copied tile-major, tiles[t][k][0, kTile): the rows of one tile are contiguous
+  // (one pass over A^T, once per call).
   const int64_t n_tiles = ceil_div(D, kTile);
   std::vector<T> tiles(static_cast<size_t>(n_tiles * d * kTile));
   at::parallel_for(0, n_tiles, 1, [&](int64_t t_begin, int64_t t_end) {
@@ -1054,77 +1215,61 @@ void linear_rows_blocked(const LinearArgs& a) {
     }
   });
   at::parallel_for(0, n_blocks, 1, [&](int64_t begin, int64_t end) {
-    std::vector<int64_t> offset(static_cast<size_t>(d + 1));
-    std::vector<int64_t> entry_row, row_of, k_of;
-    std::vector<T> entry_val, val_of;
-    std::vector<T> acc(static_cast<size_t>(kBlockRows * kTile));
+    std::vector<int32_t> idx;
+    std::vector<T> val;
+    std::vector<int64_t> row_start(static_cast<size_t>(kBlockRows + 1));
     std::vector<T> partial(static_cast<size_t>(kBlockRows));
     std::vector<int64_t> xrow(static_cast<size_t>(kBlockRows));
+    alignas(64) T rec[kTile];
     for (int64_t blk = begin; blk < end; ++blk) {
       const int64_t r0 = blk * kBlockRows;
       const int64_t n = std::min(kBlockRows, a.rows - r0);
-      // the block's non-zeros in row order, then counting-sorted by k
-      row_of.clear();
-      k_of.clear();
-      val_of.clear();
-      std::fill(offset.begin(), offset.end(), 0);
+      int64_t nnz = 0;
       for (int64_t i = 0; i < n; ++i) {
         const int64_t row = a.row0 + r0 + i;
         const int64_t b = a.sel != nullptr ? row : row / a.J;
         const int64_t j = a.sel != nullptr ? a.sel[row] : row - b * a.J;
         xrow[i] = b;
-        const S* zr = z + b * a.z_sb + j * a.z_sj;
-        for (int64_t k = 0; k < d; ++k) {
-          const T v = static_cast<T>(zr[k * a.z_sd]);
-          if (v != T(0)) {
-            row_of.push_back(i);
-            k_of.push_back(k);
-            val_of.push_back(v);
-            ++offset[k + 1];
-          }
+        const size_t need = static_cast<size_t>(nnz + d + kCollectSlack);
+        if (idx.size() < need) {
+          idx.resize(std::max(need, 2 * idx.size()));
+          val.resize(idx.size());
         }
+        row_start[i] = nnz;
+        nnz += collect_nonzeros<S, T>(z + b * a.z_sb + j * a.z_sj, d, a.z_sd, idx.data() + nnz,
+                                      val.data() + nnz);
       }
-      for (int64_t k = 0; k < d; ++k) offset[k + 1] += offset[k];
-      const size_t nnz = row_of.size();
-      entry_row.resize(nnz);
-      entry_val.resize(nnz);
-      {
-        std::vector<int64_t> fill(offset.begin(), offset.end() - 1);
-        for (size_t e = 0; e < nnz; ++e) {
-          const int64_t pos = fill[k_of[e]]++;
-          entry_row[pos] = row_of[e];
-          entry_val[pos] = val_of[e];
-        }
-      }
+      row_start[n] = nnz;
       std::fill(partial.begin(), partial.begin() + n, T(0));
       for (int64_t f0 = 0; f0 < D; f0 += kTile) {
         const int64_t tw = std::min(kTile, D - f0);
-        std::fill(acc.begin(), acc.begin() + n * tw, T(0));
         const T* tile = tiles.data() + (f0 / kTile) * d * kTile;
-        for (int64_t k = 0; k < d; ++k) {
-          const T* s = tile + k * kTile;
-          for (int64_t e = offset[k]; e < offset[k + 1]; ++e) {
-            T* accr = acc.data() + entry_row[e] * tw;
-            const V v(entry_val[e]);
-            for (int64_t f = 0; f < tw; f += V::size()) {
-              const int64_t c = std::min<int64_t>(V::size(), tw - f);
-              (V::loadu(accr + f, c) + v * V::loadu(s + f, c)).store(accr + f, c);
-            }
-          }
-        }
         for (int64_t i = 0; i < n; ++i) {
+          const int64_t e0 = row_start[i], e1 = row_start[i + 1];
+          V acc[kTileVecs];
+          for (int64_t t = 0; t < kTileVecs; ++t) acc[t] = V(T(0));
+          for (int64_t e = e0; e < e1; ++e) {
+            // the tile's rows are picked at random: fetch a later entry's row ahead
+            const T* ahead = tile + static_cast<int64_t>(idx[e + kAhead]) * kTile;
+            for (int64_t l = 0; l < kTile * int64_t(sizeof(T)); l += 64) {
+              __builtin_prefetch(reinterpret_cast<const char*>(ahead) + l);
+            }
+            const V v(val[e]);
+            const T* s = tile + static_cast<int64_t>(idx[e]) * kTile;
+            for (int64_t t = 0; t < kTileVecs; ++t) acc[t] = acc[t] + v * V::loadu(s + t * V::size());
+          }
+          for (int64_t t = 0; t < kTileVecs; ++t) acc[t].store(rec + t * V::size());
           const T* xr = x + xrow[i] * D + f0;
-          const T* rr = acc.data() + i * tw;
           if (norms != nullptr) {
             V acc0(T(0)), acc1(T(0));
-            acc0 = sq_err_acc<T>(rr, xr, tw, acc0, acc1);
+            acc0 = sq_err_acc<T>(rec, xr, tw, acc0, acc1);
             partial[i] += lanes_sum<T>(acc0 + acc1);
           } else {
             const V gr(g[r0 + i]);
             T* out = residual + (r0 + i) * D + f0;
             for (int64_t f = 0; f < tw; f += V::size()) {
               const int64_t c = std::min<int64_t>(V::size(), tw - f);
-              ((V::loadu(xr + f, c) - V::loadu(rr + f, c)) * gr).store(out + f, c);
+              ((V::loadu(xr + f, c) - V::loadu(rec + f, c)) * gr).store(out + f, c);
             }
           }
         }
@@ -1155,8 +1300,8 @@ void linear_rows_impl(const LinearArgs& a) {
   const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 14) / std::max<int64_t>(per_row, 1));
   at::parallel_for(0, a.rows, grain, [&](int64_t begin, int64_t end) {
     std::vector<T> acc_buf(rec != nullptr ? 0 : static_cast<size_t>(D));
-    std::vector<int64_t> col(rec != nullptr ? 0 : static_cast<size_t>(d));
-    std::vector<T> val(rec != nullptr ? 0 : static_cast<size_t>(d));
+    std::vector<int32_t> col(rec != nullptr ? 0 : static_cast<size_t>(d + kCollectSlack));
+    std::vector<T> val(rec != nullptr ? 0 : static_cast<size_t>(d + kCollectSlack));
     for (int64_t r = begin; r < end; ++r) {
       const int64_t row = a.row0 + r;
       const int64_t b = a.sel != nullptr ? row : row / a.J;
@@ -1166,16 +1311,8 @@ void linear_rows_impl(const LinearArgs& a) {
       if (rec != nullptr) {
         rr = rec + r * D;
       } else {
-        const S* zr = z + b * a.z_sb + j * a.z_sj;
-        int64_t count = 0;
-        for (int64_t k = 0; k < d; ++k) {
-          const T v = static_cast<T>(zr[k * a.z_sd]);
-          if (v != T(0)) {
-            col[count] = k;
-            val[count] = v;
-            ++count;
-          }
-        }
+        const int64_t count = collect_nonzeros<S, T>(z + b * a.z_sb + j * a.z_sj, d, a.z_sd,
+                                                     col.data(), val.data());
         T* acc = acc_buf.data();
         std::fill(acc, acc + D, T(0));
         add_rows<T>(acc, D, At, col.data(), val.data(), count);
@@ -1223,6 +1360,7 @@ const Kernels kTable = {
     &elbo_squared_error,
     &elbo_backward,
     &linear_rows,
+    &sparse_grad_t_f32,
 };
 
 }  // namespace

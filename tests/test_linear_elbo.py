@@ -370,12 +370,13 @@ def test_cpp_backward_contract_in_chunks(monkeypatch, density):
 
 @pytest.mark.parametrize("method", ["max", "avg"])
 def test_cpp_sparse_codes_against_a_large_dictionary(method):
-    """A^T larger than the L2 cache (here 1.7 MB): the C++ kernel adds the dictionary's
-    rows for blocks of sample rows at once (codes sorted by index, columns in tiles); the
-    results and gradients are the reference's."""
+    """A^T larger than the L2 cache (here 1.7 MB): the C++ kernel takes blocks of 256
+    sample rows (here two and a part), collects their non-zeros once and sums them per
+    tile of 64 columns (the last one ragged) in registers; the results and gradients are
+    the reference's."""
     require_backend("cpp")
     g = torch.Generator().manual_seed(0)
-    B, J, d, D = 37, 3, 700, 600
+    B, J, d, D = 200, 3, 700, 600
     z = torch.randn(B, J, d, generator=g) * (torch.rand(B, J, d, generator=g) < 0.1)
     A = torch.randn(D, d, generator=g) / d ** 0.5
     x = torch.randn(B, D, generator=g)

@@ -208,6 +208,30 @@ def test_deterministic(backend):
     assert torch.equal(results[0][1], results[1][1])
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+def test_cpp_float32_dictionary_gradient_is_the_ordered_sum_over_rows(threads):
+    """The C++ float32 z^T g (blocks of rows, counting-sorted non-zeros, columns in
+    chunks, per-thread blocks of k) equals, bit for bit, adding z[n, k] g[n, :] over n in
+    order from zero with float32 products and sums: the rounding the kernel documents.
+    The shape spans several row blocks (512 rows), column chunks and register tiles plus a
+    ragged last one, and both threads' blocks of k."""
+    require_backend("cpp")
+    N, d, D = 1300, 37, 1100
+    z = _codes((N, d), 0.1, seed=3)
+    z[5, :] = -0.0
+    g = torch.randn(N, D, generator=torch.Generator().manual_seed(4))
+    want = torch.zeros(d, D)
+    for n in range(N):  # float32 product then float32 sum, separately rounded
+        want += z[n].unsqueeze(1) * g[n].unsqueeze(0)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        got = cpp_backend.grad_weight_t(z, g, int((z != 0).sum()))
+    finally:
+        torch.set_num_threads(previous)
+    assert torch.equal(got, want)
+
+
 @pytest.mark.parametrize("backend", KERNEL_BACKENDS)
 def test_density_dispatch(backend, monkeypatch):
     """The kernel runs (forward and gradient of A) iff the density is <= dense_above;
