@@ -119,6 +119,31 @@ def test_resume_refuses_a_different_config(tmp_path, cache_dir):
         Trainer(other, tmp_path, progress=False).fit(resume=True)
 
 
+def test_a_checkpoint_older_than_a_config_field_resumes_at_the_fields_default(tmp_path,
+                                                                             cache_dir):
+    """A checkpoint written before a config field existed (here check_every and
+    cuda_graphs are taken out of its config) resumes while this run keeps the field's
+    default, to the uninterrupted run's state; a run that sets another value for a field
+    the checkpoint lacks is refused, naming it."""
+    config = small_config(cache_dir, epochs=2, prior="thresholded_laplacian")
+    whole = Trainer(config, tmp_path / "whole", progress=False)
+    whole.fit()
+    Trainer(config, tmp_path / "old", progress=False).fit(stop_after_steps=11)
+    path = tmp_path / "old" / CHECKPOINT
+    state = torch.load(path, weights_only=False)
+    for key in ("check_every", "cuda_graphs", "kappa"):
+        del state["config"][key]
+    torch.save(state, path)
+    other = small_config(cache_dir, epochs=2, prior="thresholded_laplacian", kappa=0.5)
+    with pytest.raises(ValueError, match=r"different config \(fields \['kappa'\]\)"):
+        Trainer(other, tmp_path / "old", progress=False).fit(resume=True)
+    resumed = Trainer(config, tmp_path / "old", progress=False)
+    resumed.fit(resume=True)
+    expected, got = _state(whole), _state(resumed)
+    for key in expected:
+        torch.testing.assert_close(got[key], expected[key], rtol=0, atol=0, msg=key)
+
+
 def test_cli_train_eval_and_table(tmp_path, cache_dir, capsys):
     config = tmp_path / "row.toml"
     config.write_text('prior = "thresholded_laplacian"\nthreshold = 0.25\n')

@@ -26,6 +26,7 @@ that a crash cannot destroy, and a clean stop on Ctrl-C / SIGTERM.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import pickle
 import shlex
@@ -114,6 +115,31 @@ def _fsync_dir(folder: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def config_changes(saved: dict, config, may_change=()) -> list[str]:
+    """The fields that keep a run with ``config`` (a dataclass config) from resuming a
+    checkpoint written with the config dict ``saved``: those whose values differ, except
+    the fields in ``may_change``. A field the checkpoint lacks was added to the config after
+    the checkpoint was written, and the version that wrote it behaved as the field's
+    default, so it counts only when this run sets another value. A field the checkpoint has
+    and this version does not know counts."""
+    defaults = {}
+    for f in dataclasses.fields(config):
+        if f.default is not dataclasses.MISSING:
+            defaults[f.name] = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            defaults[f.name] = f.default_factory()
+    current = config.to_dict()
+    changed = []
+    for key in sorted(set(saved) | set(current)):
+        if key in may_change:
+            continue
+        if key not in current or (key not in saved and key not in defaults):
+            changed.append(key)
+        elif saved.get(key, defaults.get(key)) != current[key]:
+            changed.append(key)
+    return changed
 
 
 def save_checkpoint(state: dict, out_dir: str | Path, name: str = CHECKPOINT,

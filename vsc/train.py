@@ -356,12 +356,10 @@ class Trainer:
         previous one when the newest is damaged); returns the file loaded."""
         state, path = runs.load_checkpoint(self.out_dir, map_location=self.device)
         # Everything but the device and the read interval must match (epochs too: the
-        # encoder's one-cycle schedule is laid out over all of them).
-        saved = {k: v for k, v in state["config"].items() if k not in RESUME_MAY_CHANGE}
-        current = {k: v for k, v in self.config.to_dict().items()
-                   if k not in RESUME_MAY_CHANGE}
-        if saved != current:
-            changed = sorted(k for k in current if saved.get(k) != current[k])
+        # encoder's one-cycle schedule is laid out over all of them); a field added since
+        # the checkpoint was written counts at its default.
+        changed = runs.config_changes(state["config"], self.config, RESUME_MAY_CHANGE)
+        if changed:
             raise ValueError(f"--resume: the checkpoint in {self.out_dir} was written with a "
                              f"different config (fields {changed}); use a new --out")
         self.step, self.epoch = state["step"], state["epoch"]

@@ -262,10 +262,8 @@ class DnnTrainer:
             runs.save_checkpoint(_cpu(self.state(rng_states)), self.out_dir)
 
     def load_state(self, state: dict) -> None:
-        saved = {k: v for k, v in state["config"].items() if k not in RESUMABLE_CHANGES}
-        current = {k: v for k, v in self.config.to_dict().items() if k not in RESUMABLE_CHANGES}
-        if saved != current:
-            changed = sorted(k for k in current if saved.get(k) != current[k])
+        changed = runs.config_changes(state["config"], self.config, RESUMABLE_CHANGES)
+        if changed:
             raise ValueError(f"--resume: the checkpoint in {self.out_dir} was written with a "
                              f"different config (fields {changed}); use a new --out")
         if state["world_size"] != self.procs.world_size:
