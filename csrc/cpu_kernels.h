@@ -99,9 +99,10 @@ struct Kernels {
   void (*elbo_backward)(const SquaredErrorArgs&);
   void (*linear_rows)(const LinearArgs&);
   // out (d, D) = z^T g over z's non-zeros, z (N, d) and g (N, D) contiguous float32; the
-  // sums of csrc/sparse_decode.cpp's grad_weight_t (n ascending, from 0), bit for bit.
+  // sums of csrc/sparse_decode.cpp's grad_weight_t (n ascending, from 0), bit for bit;
+  // with accumulate, added to out's values (continuing the sums).
   void (*sparse_grad_t_f32)(const float* z, const float* g, int64_t N, int64_t d, int64_t D,
-                            float* out);
+                            float* out, bool accumulate);
 };
 
 const Kernels& kernels();

@@ -229,17 +229,26 @@ std::tuple<at::Tensor, int64_t> linear_elbo_residual(const at::Tensor& x, const 
 
 namespace {
 
-// grad_A += -2 gr^T z_rows (z_rows (n, d), gr (n, D)): the sparse product over the codes'
-// non-zeros when they are at most kSparseDensity of the block, else one GEMM.
-void add_grad_A(at::Tensor& grad_A, const at::Tensor& z_rows, const at::Tensor& gr, int64_t nnz) {
+// grad_A += -2 gr^T z_rows (z_rows (n, d), gr (n, D)) for one block of rows: one GEMM into
+// grad_A, or, when the codes' non-zeros are at most kSparseDensity of the block, the
+// sparse product over them added to sparse_sum = sum of z_rows^T gr (d, D), created at the
+// first sparse block; finish_grad_A adds -2 sparse_sum^T to grad_A once (one transposed
+// pass for all blocks, not one per block).
+void add_grad_A(at::Tensor& grad_A, at::Tensor& sparse_sum, const at::Tensor& z_rows,
+                const at::Tensor& gr, int64_t nnz) {
   const int64_t n = z_rows.size(0), d = z_rows.size(1);
   const at::Tensor zw = z_rows.scalar_type() == gr.scalar_type() ? z_rows : z_rows.to(gr.scalar_type());
   if (static_cast<double>(nnz) <= kSparseDensity * static_cast<double>(n * d) &&
       all_finite(gr)) {
-    grad_A.add_(sparse_decode_grad_weight_t(zw, gr).t(), -2.0);
+    if (!sparse_sum.defined()) sparse_sum = at::zeros({d, gr.size(1)}, gr.options());
+    sparse_decode_grad_weight_t_add(sparse_sum, zw, gr);
   } else {
     grad_A.addmm_(gr.t(), zw, 1.0, -2.0);
   }
+}
+
+void finish_grad_A(at::Tensor& grad_A, const at::Tensor& sparse_sum) {
+  if (sparse_sum.defined()) grad_A.add_(sparse_sum.t(), -2.0);
 }
 
 // Small problems: the whole backward as plain loops over the rows (no ATen op per block,
@@ -343,12 +352,17 @@ linear_elbo_backward(const at::Tensor& grad_E, const std::optional<at::Tensor>& 
         grad_z->scatter_(1, index.view({B, 1, 1}).expand({B, 1, d}),
                          at::mm(gr, A_w).mul_(-2.0).view({B, 1, d}));
       }
-      if (need_A) add_grad_A(*grad_A, z_sel, gr, nnz);
+      if (need_A) {
+        at::Tensor sparse_sum;
+        add_grad_A(*grad_A, sparse_sum, z_sel, gr, nnz);
+        finish_grad_A(*grad_A, sparse_sum);
+      }
     }
     return {grad_x, grad_z, grad_A};
   }
   if (need_x) grad_x = at::zeros({B, D}, opts);
   if (need_z) grad_z = at::empty({B, J, d}, opts);
+  at::Tensor sparse_sum;  // z^T g r of the sparse blocks (add_grad_A)
   // blocks of whole data rows, or of the samples of one row when J * D is more
   int64_t step_b = 1, step_j = J;
   if (J * D <= chunk_elements) {
@@ -376,9 +390,10 @@ linear_elbo_backward(const at::Tensor& grad_E, const std::optional<at::Tensor>& 
           out.copy_(at::mm(gr, A_w).mul_(-2.0).view({nb, m, d}));
         }
       }
-      if (need_A) add_grad_A(*grad_A, z_c.reshape({nb * m, d}), gr, nnz);
+      if (need_A) add_grad_A(*grad_A, sparse_sum, z_c.reshape({nb * m, d}), gr, nnz);
     }
   }
+  if (need_A) finish_grad_A(*grad_A, sparse_sum);
   return {grad_x, grad_z, grad_A};
 }
 

@@ -144,7 +144,7 @@ void grad_weight_t(const z_t* z, const T* grad_out, int64_t N, int64_t d, int64_
                    z_t* out) {
   if constexpr (std::is_same_v<z_t, float>) {
     // float32: the vectorized kernel (csrc/vec_kernels.h), same sums bit for bit
-    cpu::kernels().sparse_grad_t_f32(z, grad_out, N, d, D, out);
+    cpu::kernels().sparse_grad_t_f32(z, grad_out, N, d, D, out, /*accumulate=*/false);
     return;
   }
   // Output rows per block: every block streams all of grad_out once, so blocks are
@@ -208,6 +208,22 @@ at::Tensor sparse_decode_forward(const at::Tensor& z, const at::Tensor& At) {
                          out.mutable_data_ptr<scalar_t>());
   });
   return out;
+}
+
+void sparse_decode_grad_weight_t_add(at::Tensor& out, const at::Tensor& z,
+                                     const at::Tensor& grad_out) {
+  check_pair("sparse_decode_grad_weight_t_add", z, grad_out, "grad_out");
+  TORCH_CHECK(z.size(0) == grad_out.size(0) && out.dim() == 2 && out.size(0) == z.size(1) &&
+                  out.size(1) == grad_out.size(1),
+              "sparse_decode_grad_weight_t_add: out (d, D), z (N, d), grad_out (N, D) expected");
+  if (out.scalar_type() == at::kFloat && z.scalar_type() == at::kFloat && out.is_contiguous()) {
+    const at::Tensor zc = z.contiguous(), g = grad_out.contiguous();
+    cpu::kernels().sparse_grad_t_f32(zc.const_data_ptr<float>(), g.const_data_ptr<float>(),
+                                     z.size(0), z.size(1), grad_out.size(1),
+                                     out.mutable_data_ptr<float>(), /*accumulate=*/true);
+    return;
+  }
+  out.add_(sparse_decode_grad_weight_t(z, grad_out));
 }
 
 at::Tensor sparse_decode_grad_weight_t(const at::Tensor& z, const at::Tensor& grad_out) {

@@ -16,4 +16,10 @@ at::Tensor sparse_decode_forward(const at::Tensor& z, const at::Tensor& At);
 // in float32 (float64 for float64 inputs); out (d, D) in the inputs' dtype.
 at::Tensor sparse_decode_grad_weight_t(const at::Tensor& z, const at::Tensor& grad_out);
 
+// out += z^T @ grad_out, out (d, D): for float32 the sums above continued from out's values
+// (blocks of rows added in order give the sums over all of them, bit for bit); other
+// dtypes add the result of sparse_decode_grad_weight_t.
+void sparse_decode_grad_weight_t_add(at::Tensor& out, const at::Tensor& z,
+                                     const at::Tensor& grad_out);
+
 }  // namespace vsc

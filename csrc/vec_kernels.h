@@ -1044,7 +1044,9 @@ inline int64_t collect_nonzeros(const S* row, int64_t n, int64_t stride, int32_t
 
 // out (d, D) = z^T g for z (N, d) and g (N, D) contiguous float32, over z's non-zeros:
 // out[k, f] = sum over n ascending of z[n, k] g[n, f], added one by one from 0 (the
-// rounding of csrc/sparse_decode.cpp's scalar loop, which this replaces for float32).
+// rounding of csrc/sparse_decode.cpp's scalar loop, which this replaces for float32), or
+// from out's values with accumulate (so calls on consecutive blocks of rows add up to
+// the call on all of them, bit for bit).
 // Threads own blocks of k. Rows are taken in blocks of kRowBlock: the block's non-zeros
 // (in the thread's columns) are collected row by row, then counting-sorted by k (rows stay
 // ascending). The columns f are then taken in chunks whose rows of g (block x chunk) stay
@@ -1052,7 +1054,7 @@ inline int64_t collect_nonzeros(const S* row, int64_t n, int64_t stride, int32_t
 // registers while the block's entries of column k add their rows of g to them. So out is
 // read and written once per block and chunk, not once per non-zero.
 void sparse_grad_t_f32(const float* z, const float* g, int64_t N, int64_t d, int64_t D,
-                       float* out) {
+                       float* out, bool accumulate) {
   using V = VecF;
   constexpr int64_t kTileVecs = 8;
   constexpr int64_t kTileCols = kTileVecs * V::size();
@@ -1071,7 +1073,7 @@ void sparse_grad_t_f32(const float* z, const float* g, int64_t N, int64_t d, int
     std::vector<float> packed(static_cast<size_t>(n_block * std::min(chunk, D)));
     for (int64_t kb = kb_begin; kb < kb_end; ++kb) {
       const int64_t k0 = kb * k_block, kw = std::min(k_block, d - k0);
-      std::fill(out + k0 * D, out + (k0 + kw) * D, 0.0f);
+      if (!accumulate) std::fill(out + k0 * D, out + (k0 + kw) * D, 0.0f);
       std::vector<int64_t> offset(static_cast<size_t>(kw + 1)), fill(static_cast<size_t>(kw));
       for (int64_t n0 = 0; n0 < N; n0 += n_block) {
         const int64_t nb = std::min(n_block, N - n0);
