@@ -11,15 +11,25 @@ linear trainer reads every ``check_every`` steps, before every checkpoint and at
 end of every epoch.
 
 Health. A step is healthy when its loss, its gradients and the parameters after its
-update are all finite. :meth:`StepMonitor.update` applies the optimizers' step and then
-keeps the new values only if this step and every earlier one were healthy
-(``torch.where`` against copies taken before the update): the first unhealthy step
-freezes the parameters and their optimizer buffers where the last healthy step left
-them (a buffer that the unhealthy step created, as SGD's momentum on step 0, is not
-undone; the run stops at the next read anyway). So when the host reads the flag, the
-model is the one before the first unhealthy step, the error can name that step and what
-was not finite, and -- since checkpoints are written only after a read -- no
-checkpoint ever holds a non-finite value.
+update are all finite. :meth:`StepMonitor.update` applies the optimizers' step only
+while this step and every earlier one are healthy, so the first unhealthy step freezes
+the parameters and their optimizer buffers where the last healthy step left them:
+
+* fused optimizers (the trainer's default) skip the whole update on the device when
+  their ``found_inf`` tensor is non-zero (the flag ``torch.amp.GradScaler`` uses), set
+  here from the loss and the gradients before the step: no copies. An update that
+  overflowed with a finite loss and finite gradients cannot be taken back this way: it
+  is named like the others, and the parameters keep it until the run stops (the trainer
+  turns an error that the non-finite parameters cause before the next read into that
+  read's message);
+* other optimizers step, and the new values are kept with ``torch.where`` against
+  copies taken before the update (this also undoes an overflowing update).
+
+A buffer that the unhealthy step created, as SGD's momentum on step 0, is not undone (the
+run stops at the next read anyway). So when the host reads the flag, the model is the one
+before the first unhealthy step, the error can name that step and what was not finite,
+and -- since checkpoints are written only after a read -- no checkpoint ever holds a
+non-finite value.
 """
 
 from __future__ import annotations
@@ -81,20 +91,31 @@ class StepMonitor:
         loss = loss.detach()
         loss_ok = torch.isfinite(loss)
         grad_ok = _all_finite(grads, like=loss_ok)
-        buffers = [t for o in optimizers for p in params if p in o.state
-                   for t in o.state[p].values() if isinstance(t, torch.Tensor) and t.dim() > 0]
-        kept = params + buffers
-        before = [t.detach().clone() for t in kept]
-        for optimizer in optimizers:
-            optimizer.step()
+        healthy_so_far = self.state[3] < 0
+        gated = all(group.get("fused") for o in optimizers for group in o.param_groups)
+        if gated:
+            skip = (~(healthy_so_far & loss_ok & grad_ok)).to(torch.float32)
+            for optimizer in optimizers:
+                optimizer.found_inf = skip
+                try:
+                    optimizer.step()
+                finally:
+                    optimizer.found_inf = None
+        else:
+            buffers = [t for o in optimizers for p in params if p in o.state for t in
+                       o.state[p].values() if isinstance(t, torch.Tensor) and t.dim() > 0]
+            kept = params + buffers
+            before = [t.detach().clone() for t in kept]
+            for optimizer in optimizers:
+                optimizer.step()
         params_ok = _all_finite(params, like=loss_ok)
         reason = torch.where(~loss_ok, LOSS, torch.where(~grad_ok, GRADIENT,
                                                          torch.where(~params_ok, UPDATE, 0)))
-        healthy_so_far = self.state[3] < 0
         keep = healthy_so_far & (reason == 0)
         with torch.no_grad():
-            for tensor, old in zip(kept, before):
-                tensor.copy_(torch.where(keep, tensor, old))
+            if not gated:
+                for tensor, old in zip(kept, before):
+                    torch.where(keep, tensor, old, out=tensor)
             loss64 = loss.to(torch.float64)
             after = objective() if objective is not None else loss64
             sums = torch.stack([loss64, nonzero.to(torch.float64).reshape(()),
@@ -117,8 +138,9 @@ class StepMonitor:
 
 
 def _all_finite(tensors: list[torch.Tensor], like: torch.Tensor) -> torch.Tensor:
-    """A 0-d bool tensor: every entry of ``tensors`` is finite (the norm of a tensor with
-    a NaN or inf is not finite)."""
+    """A 0-d bool tensor: the 2-norm of every tensor is finite, that is every entry is
+    finite and none is so large (about 1e19 in float32) that the squares overflow: a
+    model that far out has diverged as surely as one with an inf."""
     if not tensors:
         return torch.ones_like(like)
     return torch.isfinite(torch.stack(torch._foreach_norm(tensors))).all()

@@ -174,12 +174,16 @@ class Trainer:
         self.graphed_step = GraphedStep(self, self.capture) if self.capture else None
 
     def _sgd(self, params, lr: float, **options) -> torch.optim.SGD:
-        """SGD; for a captured step fused, with the learning rate a device tensor that
-        the schedulers fill in place (a Python float would be baked into the graph)."""
+        """SGD, fused on the CPU and CUDA: one kernel per step, the same numbers as the
+        per-parameter loop, and an update that the step monitor can skip on the device
+        (``found_inf``) instead of undoing it from copies. For a captured step the learning
+        rate is a device tensor that the schedulers fill in place (a Python float would be
+        baked into the graph)."""
+        fused = self.device.type in ("cpu", "cuda")
         if self.capture is not None:
             return torch.optim.SGD(params, lr=torch.tensor(lr, device=self.device),
                                    fused=True, **options)
-        return torch.optim.SGD(params, lr=lr, **options)
+        return torch.optim.SGD(params, lr=lr, fused=fused or None, **options)
 
     # -- one step ----------------------------------------------------------------------
     def fista_lambda(self, step: int) -> float:
@@ -232,15 +236,23 @@ class Trainer:
         host queues the next step without waiting): the loss, the % of non-zero codes,
         objective (10) and the step's health go to :attr:`monitor` on the device, and the
         loop reads them every ``check_every`` steps (:meth:`read_monitor`). A non-finite
-        loss, gradient or updated parameter freezes the model before that update
-        (:mod:`vsc.step_monitor`); the next read stops the run naming the step. With
-        ``cuda_graphs`` the device part is replayed from a CUDA graph
-        (:mod:`vsc.graphed_step`)."""
-        if self.graphed_step is not None:
-            self.graphed_step(x)
-        else:
-            self.zero_grad()
-            self.device_step(x)
+        loss or gradient freezes the model before that update (:mod:`vsc.step_monitor`);
+        the next read stops the run naming the step. With ``cuda_graphs`` the device part
+        is replayed from a CUDA graph (:mod:`vsc.graphed_step`)."""
+        try:
+            if self.graphed_step is not None:
+                self.graphed_step(x)
+            else:
+                self.zero_grad()
+                self.device_step(x)
+        except (RuntimeError, ValueError):
+            # After an update that overflowed (finite loss and gradients, non-finite
+            # parameters: the fused optimizers cannot take it back) the next steps compute
+            # with non-finite values, and an op's argument check may fail before the next
+            # read (FISTA's step size, the threshold): the read names the first unhealthy
+            # step instead of the error it caused.
+            self.read_monitor()
+            raise
         if "encoder" in self.schedulers:
             self.schedulers["encoder"].step()
         self.monitor.pending += 1
@@ -268,7 +280,8 @@ class Trainer:
     def read_monitor(self) -> None:
         """Fold the steps recorded since the last read into :attr:`accumulator` (one
         transfer from the device); stop with ``FloatingPointError`` naming the first
-        non-finite step, whose update (and every later one) was not applied."""
+        non-finite step, whose update (and every later one) was not applied unless it was
+        an overflowing one (:mod:`vsc.step_monitor`)."""
         reading = self.monitor.read()
         acc = self.accumulator
         acc.update(loss=reading.loss, nonzero=reading.nonzero, objective=reading.objective)
