@@ -109,18 +109,16 @@ void forward(const z_t* z, const T* At, int64_t N, int64_t d, int64_t D, z_t* ou
   at::parallel_for(0, N, grain, [&](int64_t n_begin, int64_t n_end) {
     constexpr bool in_place = std::is_same_v<T, z_t>;
     std::vector<T> buffer(in_place ? 0 : static_cast<size_t>(D));
-    std::vector<int64_t> col(static_cast<size_t>(d));
-    std::vector<T> val(static_cast<size_t>(d));
+    std::vector<int64_t> col(static_cast<size_t>(d + 1));
+    std::vector<T> val(static_cast<size_t>(d + 1));
     for (int64_t n = n_begin; n < n_end; ++n) {
       const z_t* row = z + n * d;
       int64_t count = 0;
-      for (int64_t k = 0; k < d; ++k) {
-        const T v = static_cast<T>(row[k]);
-        if (v != T(0)) {
-          col[count] = k;
-          val[count] = v;
-          ++count;
-        }
+      for (int64_t k = 0; k < d; ++k) {  // branch-free: every entry written, count advances
+        const T v = static_cast<T>(row[k]);  // on a non-zero (random non-zeros mispredict)
+        col[count] = k;
+        val[count] = v;
+        count += v != T(0);
       }
       T* acc;
       if constexpr (in_place) {
