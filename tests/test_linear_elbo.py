@@ -433,9 +433,12 @@ def test_no_op_creates_the_reconstructions(backend, monkeypatch):
 
 def test_cpp_peak_memory_stays_below_the_reconstructions():
     """In a fresh process, the peak resident memory grows by far less than the (B, J, D)
-    float32 reconstructions (128 MiB here) for the C++ forward and backward (max, and avg
-    whose backward holds one block of at most CHUNK_ELEMENTS floats, 16 MiB), and by more
-    than that for the reference, which builds them (so that the test can fail)."""
+    float32 reconstructions (128 MiB here) for the C++ forward and backward -- the forward
+    holds one block of at most CHUNK_ELEMENTS floats (16 MiB) for its dense products, the
+    backward of avg one more for the residuals, reused across its blocks -- and by more
+    than that for the reference, which builds them (so that the test can fail). A tiny
+    forward and backward of each method runs first, so that one-time costs are not
+    counted."""
     require_backend("cpp")
     script = textwrap.dedent("""
         import resource, torch
@@ -445,7 +448,10 @@ def test_cpp_peak_memory_stays_below_the_reconstructions():
         x = torch.randn(B, D, generator=g)
         z = torch.randn(B, J, d, generator=g).requires_grad_()
         A = torch.randn(D, d, generator=g).requires_grad_()
-        vsc_kernels.linear_elbo(x[:1, :64], z[:1].detach(), A[:64].detach(), backend="cpp")
+        for method in ("max", "avg"):
+            vsc_kernels.linear_elbo(x[:1, :64], z[:1].detach().requires_grad_(),
+                                    A[:64].detach().requires_grad_(), method=method,
+                                    backend="cpp").loss.backward()
         def peak():
             return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
         for backend in ("cpp", "reference"):
@@ -464,7 +470,7 @@ def test_cpp_peak_memory_stays_below_the_reconstructions():
         # Seen on the CUDA machine: loading the CUDA libraries sets a peak RSS that
         # 128 MiB of reconstructions never exceed, so nothing here can be measured.
         pytest.skip(f"peak RSS cannot see a 128 MiB allocation on this machine: {out}")
-    assert growth["cpp", "max"] < 16, out
+    assert growth["cpp", "max"] < 24, out
     assert growth["cpp", "avg"] < 40, out
 
 
