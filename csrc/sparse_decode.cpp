@@ -26,6 +26,7 @@
 #include "sparse_decode.h"
 
 #include "cpu_kernels.h"
+#include "nonzeros.h"
 
 #include <algorithm>
 #include <cstdint>
@@ -112,14 +113,7 @@ void forward(const z_t* z, const T* At, int64_t N, int64_t d, int64_t D, z_t* ou
     std::vector<int64_t> col(static_cast<size_t>(d + 1));
     std::vector<T> val(static_cast<size_t>(d + 1));
     for (int64_t n = n_begin; n < n_end; ++n) {
-      const z_t* row = z + n * d;
-      int64_t count = 0;
-      for (int64_t k = 0; k < d; ++k) {  // branch-free: every entry written, count advances
-        const T v = static_cast<T>(row[k]);  // on a non-zero (random non-zeros mispredict)
-        col[count] = k;
-        val[count] = v;
-        count += v != T(0);
-      }
+      const int64_t count = collect_nonzeros_scalar(z + n * d, d, 1, col.data(), val.data());
       T* acc;
       if constexpr (in_place) {
         acc = out + n * D;

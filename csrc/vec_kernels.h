@@ -996,12 +996,10 @@ void elbo_backward(const SquaredErrorArgs& a) {
 // returns: buffers for a row of n values hold n + kCollectSlack entries.
 constexpr int64_t kCollectSlack = 16;
 
-// The non-zeros of row[0, n) in ascending order (NaN counts as non-zero, +-0 does not):
-// their positions in idx and values in val; returns their number. Without branches, so
-// that randomly placed non-zeros cost no mispredictions (a branch per entry cost more
-// than the products over the non-zeros): AVX-512 compresses 16 entries at a time into
-// registers (the register form of vcompress, not the slow memory form) and stores whole
-// vectors; elsewhere every entry is written and the count advances by (v != 0).
+// The non-zeros of row[0, n) in ascending order, as collect_nonzeros_scalar
+// (csrc/nonzeros.h) collects them: AVX-512 compresses 16 entries at a time into registers
+// (the register form of vcompress, not the slow memory form) and stores whole vectors;
+// the rest (and other builds) go through the branch-free scalar loop.
 inline int64_t collect_nonzeros(const float* __restrict row, int64_t n, int32_t* __restrict idx,
                                 float* __restrict val) {
   int64_t count = 0, k = 0;
@@ -1017,13 +1015,7 @@ inline int64_t collect_nonzeros(const float* __restrict row, int64_t n, int32_t*
     pos = _mm512_add_epi32(pos, step);
   }
 #endif
-  for (; k < n; ++k) {
-    const float v = row[k];
-    idx[count] = static_cast<int32_t>(k);
-    val[count] = v;
-    count += v != 0.0f;
-  }
-  return count;
+  return count + collect_nonzeros_scalar(row, n, 1, idx + count, val + count, k);
 }
 
 // The same for a strided row of any element type, converted to T.
@@ -1032,14 +1024,7 @@ inline int64_t collect_nonzeros(const S* row, int64_t n, int64_t stride, int32_t
   if constexpr (std::is_same_v<S, float> && std::is_same_v<T, float>) {
     if (stride == 1) return collect_nonzeros(row, n, idx, val);
   }
-  int64_t count = 0;
-  for (int64_t k = 0; k < n; ++k) {
-    const T v = static_cast<T>(row[k * stride]);
-    idx[count] = static_cast<int32_t>(k);
-    val[count] = v;
-    count += v != T(0);
-  }
-  return count;
+  return collect_nonzeros_scalar(row, n, stride, idx, val);
 }
 
 // out (d, D) = z^T g for z (N, d) and g (N, D) contiguous float32, over z's non-zeros:

@@ -36,4 +36,5 @@
 #include <c10/util/irange.h>
 
 #include "cpu_kernels.h"
+#include "nonzeros.h"
 #include "philox.h"
