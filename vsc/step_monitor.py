@@ -91,7 +91,7 @@ class StepMonitor:
         loss = loss.detach()
         loss_ok = torch.isfinite(loss)
         grad_ok = _all_finite(grads, like=loss_ok)
-        healthy_so_far = self.state[3] < 0
+        healthy_so_far = self.state[_BAD.start] < 0
         gated = all(group.get("fused") for o in optimizers for group in o.param_groups)
         if gated:
             skip = (~(healthy_so_far & loss_ok & grad_ok)).to(torch.float32)

@@ -179,11 +179,10 @@ class Trainer:
         (``found_inf``) instead of undoing it from copies. For a captured step the learning
         rate is a device tensor that the schedulers fill in place (a Python float would be
         baked into the graph)."""
-        fused = self.device.type in ("cpu", "cuda")
-        if self.capture is not None:
-            return torch.optim.SGD(params, lr=torch.tensor(lr, device=self.device),
-                                   fused=True, **options)
-        return torch.optim.SGD(params, lr=lr, fused=fused or None, **options)
+        if self.capture is not None:   # cuda_graphs: the config has checked the device
+            lr = torch.tensor(lr, device=self.device)
+        fused = True if self.device.type in ("cpu", "cuda") else None
+        return torch.optim.SGD(params, lr=lr, fused=fused, **options)
 
     # -- one step ----------------------------------------------------------------------
     def fista_lambda(self, step: int) -> float:
