@@ -564,8 +564,13 @@ bool threshold_forward_impl(const ThresholdArgs& a) {
   const philox::Stream st = stream_of(a);
   const uint64_t groups = static_cast<uint64_t>(philox::groups_per_row(d));
   S* z_p = static_cast<S*>(a.z);
+  const int64_t block = J * d;  // the elements of z of one row m
+  const bool prefault = M * block * static_cast<int64_t>(sizeof(S)) >= kPrefaultMinBytes;
   std::atomic<bool> lam_ok{true};
   at::parallel_for(0, plan.ntasks, plan.grain, [&](int64_t t_begin, int64_t t_end) {
+    // This range's tasks write the rows m of z from t_begin's to t_end - 1's, in order.
+    WritePrefault pages(z_p + t_begin / plan.nchunks * block,
+                        z_p + ((t_end - 1) / plan.nchunks + 1) * block, prefault);
     NoiseScratch scratch;
     alignas(64) T eps[kBuf];
     alignas(64) T mu_w[kBuf];
@@ -580,6 +585,7 @@ bool threshold_forward_impl(const ThresholdArgs& a) {
       const int64_t i0 = (t % plan.nchunks) * plan.chunk;
       const int64_t n = std::min(plan.chunk, d - i0);
       const int64_t ngroups = ceil_div(n, philox::kLanes);
+      pages.before(z_p + (m + 1) * block);
       load_columns<S, T>(a, m, i0, n, mu_w, ws, zero);
       const bool lam_per_sample = a.lam_is_tensor && a.lam_sj != 0;
       if (a.lam_is_tensor && !lam_per_sample) ok &= load_lam<T>(a, m, 0, i0, n, lam_buf);
@@ -669,7 +675,13 @@ void threshold_backward_impl(const ThresholdArgs& a) {
   const bool g_direct = a.gz_dtype == DtypeOf<T>::value && a.gz_s2 == 1;
   const T b0 = static_cast<T>(a.prior_scale);
   const T two_b0 = static_cast<T>(2.0 * a.prior_scale);
+  const int64_t block = J * d;  // the elements of grad_lam of one row m
+  const bool prefault =
+      kGradLam && M * block * static_cast<int64_t>(sizeof(T)) >= kPrefaultMinBytes;
   at::parallel_for(0, plan.ntasks, plan.grain, [&](int64_t t_begin, int64_t t_end) {
+    WritePrefault pages(prefault ? glam_p + t_begin / plan.nchunks * block : nullptr,
+                        prefault ? glam_p + ((t_end - 1) / plan.nchunks + 1) * block : nullptr,
+                        prefault);
     NoiseScratch scratch;
     alignas(64) T eps[kBuf];
     alignas(64) T mu_w[kBuf];
@@ -688,6 +700,7 @@ void threshold_backward_impl(const ThresholdArgs& a) {
       const int64_t i0 = (t % plan.nchunks) * plan.chunk;
       const int64_t n = std::min(plan.chunk, d - i0);
       const int64_t ngroups = ceil_div(n, philox::kLanes);
+      if (kGradLam) pages.before(glam_p + (m + 1) * block);
       load_columns<S, T>(a, m, i0, n, mu_w, ws, zero);
       std::fill(acc_mu, acc_mu + n, T(0));
       std::fill(acc_lb, acc_lb + n, T(0));

@@ -38,3 +38,4 @@
 #include "cpu_kernels.h"
 #include "nonzeros.h"
 #include "philox.h"
+#include "prefault.h"

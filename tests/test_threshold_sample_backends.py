@@ -122,6 +122,35 @@ def test_large_output_cpp():
     assert torch.equal(z == 0, z_ref == 0)
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("M,J,d", [(528, 16, 1001), (2, 4200, 1001)],
+                         ids=["whole-row tasks", "column-chunk tasks"])
+def test_outputs_above_the_prefault_size_cpp(M, J, d, threads):
+    """z and grad_lam above 32 MiB, whose pages the C++ kernels map in batches ahead of
+    their writes (csrc/prefault.h), per thread's part of the rows: same values as the
+    reference. Two rows of mu are cut into column chunks, so that both threads write
+    into the same rows."""
+    require_backend("cpp")
+    assert M * J * d * 4 >= 32 << 20
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        results = []
+        for name in ("cpp", "reference"):
+            mu, logb = _inputs((M,), d, "cpu", torch.float32, seed=3)
+            lam = torch.full((M, J, d), 0.4).requires_grad_()
+            z = seeded(7, name, mu, logb, lam, num_samples=J)
+            z.backward(torch.ones_like(z))
+            results.append((z.detach(), lam.grad))
+            del z, lam
+    finally:
+        torch.set_num_threads(previous)
+    (z, grad_lam), (z_ref, grad_lam_ref) = results
+    torch.testing.assert_close(z, z_ref, atol=1e-5, rtol=1e-5)
+    assert torch.equal(z == 0, z_ref == 0)
+    assert torch.equal(grad_lam, grad_lam_ref)
+
+
 @pytest.mark.parametrize("backend", KERNEL_BACKENDS)
 def test_non_contiguous_inputs(backend):
     device = require_backend(backend)
