@@ -314,16 +314,19 @@ def run_cases(cases: list[Case], device: torch.device, *, rounds: int = 15,
     """Times every case's providers interleaved (see :func:`time_interleaved`) and returns
     one row per (case, provider) with speedups against the case's baselines."""
     rows = []
-    for case in cases:
-        calls = case.build()
-        seconds = time_interleaved(calls, device, rounds=rounds, round_seconds=round_seconds,
-                                   clock=clock)
-        case_rows = [row_for(case, name, seconds[name]) for name in calls]
-        rows.extend(add_case_speedups(case_rows, case))
-        if verbose:
-            best = {name: f"{s * 1e3:.3f} ms" for name, s in seconds.items()}
-            print(f"  {case.group}: {best}", flush=True)
-        del calls
+    try:
+        for case in cases:
+            calls = case.build()
+            seconds = time_interleaved(calls, device, rounds=rounds,
+                                       round_seconds=round_seconds, clock=clock)
+            case_rows = [row_for(case, name, seconds[name]) for name in calls]
+            rows.extend(add_case_speedups(case_rows, case))
+            if verbose:
+                best = {name: f"{s * 1e3:.3f} ms" for name, s in seconds.items()}
+                print(f"  {case.group}: {best}", flush=True)
+            del calls
+    except KeyboardInterrupt:
+        stop_at_interrupt()
     return rows
 
 
@@ -332,9 +335,24 @@ def cached_bandwidth_limit(device_str: str) -> tuple[float, str]:
     return bandwidth_limit(torch.device(device_str))
 
 
+# Set when a benchmark loop stopped at SIGINT (``timeout --signal=INT`` in
+# bench/gpu_check.sh, or Ctrl-C): the script still prints and saves the groups it
+# finished, and the result file says it is partial.
+interrupted = False
+
+
+def stop_at_interrupt() -> None:
+    """Called from a benchmark loop's ``except KeyboardInterrupt``: note it and say so."""
+    global interrupted
+    interrupted = True
+    print("interrupted: keeping the groups measured so far (the result file says "
+          "\"interrupted\": true)", flush=True)
+
+
 def payload(op: str, device: torch.device, rows: list[dict], **extra) -> dict:
     """A result file: the op, the environment (device, versions, load), the rows."""
-    return {"op": op, "environment": environment(device), **extra, "results": rows}
+    return {"op": op, "environment": environment(device), **extra,
+            **({"interrupted": True} if interrupted else {}), "results": rows}
 
 
 def result_name(op: str, quick: bool) -> str:

@@ -85,30 +85,36 @@ def run(device, shapes, sklearn_rows, repeats, max_iter, clock=time.perf_counter
     backend = vsc_kernels.resolve_backend(None, device.type)
     print(f"device: {common.device_name(device)}; backend: {backend}; "
           f"load {common.load_average()}")
-    for B, d, D in shapes:
-        x, A = problem(B, d, D, device)
-        limit = gemm_flops(B, d, device)
-        x_np, A_np = x.cpu().numpy(), A.cpu().numpy()
-        for mode, tol in ((f"{max_iter} iterations", 0.0), ("to tolerance", 1e-3)):
-            calls = {
-                "vsc_kernels": lambda: vsc_kernels.fista(x, A, LAM, max_iter=max_iter, tol=tol),
-                "torch_eager": lambda: vsc_kernels.fista(x, A, LAM, max_iter=max_iter, tol=tol,
-                                                         backend="reference"),
-                "numpy": lambda: numpy_fista(x_np, A_np, LAM, max_iter, tol),
-            }
-            results = {name: call() for name, call in calls.items()}  # warm-up, iterations
-            # interleaved rounds: load on a shared machine hits every provider alike
-            times = common.time_interleaved(calls, device, rounds=repeats, round_seconds=0.0,
-                                            warmup=0, clock=clock)
-            for name in calls:
-                result = results[name] if name != "numpy" else None
-                iterations = (result.n_iter.float().mean().item() if result is not None
-                              else None)
-                rows_out.append(row(B, d, D, mode, name, times[name], iterations, limit))
-            rows_out[-3]["backend"] = backend
-            if sklearn_rows:
-                rows_out.append(sklearn_row(x_np, A_np, B, d, D, mode, max_iter, tol,
-                                            sklearn_rows, limit))
+    try:
+        for B, d, D in shapes:
+            x, A = problem(B, d, D, device)
+            limit = gemm_flops(B, d, device)
+            x_np, A_np = x.cpu().numpy(), A.cpu().numpy()
+            for mode, tol in ((f"{max_iter} iterations", 0.0), ("to tolerance", 1e-3)):
+                calls = {
+                    "vsc_kernels": lambda: vsc_kernels.fista(x, A, LAM, max_iter=max_iter,
+                                                             tol=tol),
+                    "torch_eager": lambda: vsc_kernels.fista(x, A, LAM, max_iter=max_iter,
+                                                             tol=tol, backend="reference"),
+                    "numpy": lambda: numpy_fista(x_np, A_np, LAM, max_iter, tol),
+                }
+                results = {name: call() for name, call in calls.items()}  # warm-up, iters
+                # interleaved rounds: load on a shared machine hits every provider alike
+                times = common.time_interleaved(calls, device, rounds=repeats,
+                                                round_seconds=0.0, warmup=0, clock=clock)
+                group = []
+                for name in calls:
+                    result = results[name] if name != "numpy" else None
+                    iterations = (result.n_iter.float().mean().item() if result is not None
+                                  else None)
+                    group.append(row(B, d, D, mode, name, times[name], iterations, limit))
+                group[0]["backend"] = backend
+                rows_out.extend(group)  # whole groups only: an interrupt keeps them
+                if sklearn_rows:
+                    rows_out.append(sklearn_row(x_np, A_np, B, d, D, mode, max_iter, tol,
+                                                sklearn_rows, limit))
+    except KeyboardInterrupt:
+        common.stop_at_interrupt()
     return common.add_speedups(rows_out, ("B", "d", "mode"), ("torch_eager", "numpy"),
                                time_key="time_s")
 
@@ -194,6 +200,7 @@ def main(argv=None):
                    "dtype": "float32", "max_iter": args.max_iter, "quick": args.quick,
                    "threads": torch.get_num_threads(),
                    "clock": clock.__name__,
+                   **({"interrupted": True} if common.interrupted else {}),
                    "results": rows}
         name = common.result_name("fista", args.quick)
         print(f"wrote {common.write_results(name, device, payload, directory=args.out)}")

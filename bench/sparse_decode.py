@@ -101,47 +101,51 @@ def run(device, N, shapes, dtypes, densities, repeats):
     print(f"device: {common.device_name(device)}; backend: {backend}; "
           f"bandwidth limit {bandwidth / 1e9:.0f} GB/s ({bandwidth_source})")
     rows, crossovers = [], []
-    for d, D in shapes:
-        for dtype_name in dtypes:
-            dtype = DTYPES[dtype_name]
-            elt = torch.finfo(dtype).bits // 8
-            points = {"forward": [], "fwd+bwd": []}
-            for density in densities:
-                z, A, grad_out = make_inputs(N, d, D, density, dtype, device)
-                nnz = int((z != 0).sum())
+    try:
+        for d, D in shapes:
+            for dtype_name in dtypes:
+                dtype = DTYPES[dtype_name]
+                elt = torch.finfo(dtype).bits // 8
+                points = {"forward": [], "fwd+bwd": []}
+                for density in densities:
+                    z, A, grad_out = make_inputs(N, d, D, density, dtype, device)
+                    nnz = int((z != 0).sum())
 
-                def prep():
-                    count = int(torch.count_nonzero(z))
-                    if backend == "triton":
-                        reference.compress(z, count)
+                    def prep():
+                        count = int(torch.count_nonzero(z))
+                        if backend == "triton":
+                            reference.compress(z, count)
 
-                def sparse(z, A):
-                    return vsc_kernels.sparse_decode(z, A, dense_above=1.0, backend=backend)
+                    def sparse(z, A):
+                        return vsc_kernels.sparse_decode(z, A, dense_above=1.0, backend=backend)
 
-                prep_s = timed(prep, device, repeats)
-                dense_modes = modes(lambda z, A: z @ A.T, z, A, grad_out)
-                for mode, fn in modes(sparse, z, A, grad_out).items():
-                    # back to back, so that a change of load on a shared machine hits both
-                    dense_s = timed(dense_modes[mode], device, repeats)
-                    seconds = timed(fn, device, repeats)
-                    products = 1 if mode == "forward" else 2   # forward, grad_A (sparse)
-                    dense_flops = 2 * N * d * D * (1 if mode == "forward" else 3)
-                    rows.append(dict(N=N, d=d, D=D, dtype=dtype_name, mode=mode,
-                                     provider="dense", density=density, time_s=dense_s,
-                                     TFLOPs=dense_flops / dense_s / 1e12))
-                    rows.append(dict(
-                        N=N, d=d, D=D, dtype=dtype_name, mode=mode, provider="sparse",
-                        density=density, nnz=nnz, time_s=seconds, prep_s=prep_s,
-                        speedup_vs_dense=dense_s / seconds,
-                        useful_TFLOPs=2 * nnz * D * products / seconds / 1e12,
-                        gather_fraction_of_bandwidth=nnz * D * elt * products / seconds
-                        / bandwidth))
-                    points[mode].append((density, seconds, dense_s))
-                del z, A, grad_out
-            for mode, pts in points.items():
-                value, note = crossover(pts)
-                crossovers.append(dict(d=d, D=D, dtype=dtype_name, mode=mode,
-                                       crossover_density=value, note=note))
+                    prep_s = timed(prep, device, repeats)
+                    dense_modes = modes(lambda z, A: z @ A.T, z, A, grad_out)
+                    for mode, fn in modes(sparse, z, A, grad_out).items():
+                        # back to back, so that a change of load on a shared machine hits both
+                        dense_s = timed(dense_modes[mode], device, repeats)
+                        seconds = timed(fn, device, repeats)
+                        products = 1 if mode == "forward" else 2   # forward, grad_A (sparse)
+                        dense_flops = 2 * N * d * D * (1 if mode == "forward" else 3)
+                        dense_row = dict(N=N, d=d, D=D, dtype=dtype_name, mode=mode,
+                                         provider="dense", density=density, time_s=dense_s,
+                                         TFLOPs=dense_flops / dense_s / 1e12)
+                        sparse_row = dict(
+                            N=N, d=d, D=D, dtype=dtype_name, mode=mode, provider="sparse",
+                            density=density, nnz=nnz, time_s=seconds, prep_s=prep_s,
+                            speedup_vs_dense=dense_s / seconds,
+                            useful_TFLOPs=2 * nnz * D * products / seconds / 1e12,
+                            gather_fraction_of_bandwidth=nnz * D * elt * products / seconds
+                            / bandwidth)
+                        rows.extend([dense_row, sparse_row])  # an interrupt keeps whole pairs
+                        points[mode].append((density, seconds, dense_s))
+                    del z, A, grad_out
+                for mode, pts in points.items():
+                    value, note = crossover(pts)
+                    crossovers.append(dict(d=d, D=D, dtype=dtype_name, mode=mode,
+                                           crossover_density=value, note=note))
+    except KeyboardInterrupt:
+        common.stop_at_interrupt()
     return rows, crossovers, backend, dict(value=bandwidth, source=bandwidth_source)
 
 
@@ -226,6 +230,7 @@ def main(argv=None):
                    "backend": backend, "rows": N, "shapes_dD": shapes, "dtypes": dtypes,
                    "densities": densities, "repeats": repeats, "bandwidth_limit": bandwidth,
                    "crossovers": crossovers, "suggested_crossover_table": table,
+                   **({"interrupted": True} if common.interrupted else {}),
                    "results": rows}
         name = common.result_name("sparse_decode", args.quick)
         print(f"wrote {common.write_results(name, device, payload, directory=args.out)}")
