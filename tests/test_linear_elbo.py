@@ -438,10 +438,17 @@ def test_cpp_peak_memory_stays_below_the_reconstructions():
     backward of avg one more for the residuals, reused across its blocks -- and by more
     than that for the reference, which builds them (so that the test can fail). A tiny
     forward and backward of each method runs first, so that one-time costs are not
-    counted."""
+    counted.
+
+    The peak is the child's own (VmHWM, reset before each call through
+    /proc/self/clear_refs), not ru_maxrss: Linux carries the parent's resident size at
+    fork across exec into the child's ru_maxrss, so under a pytest process of a GiB or
+    more (the full suite) ru_maxrss never moved and the test skipped."""
     require_backend("cpp")
+    if not os.access("/proc/self/clear_refs", os.W_OK):
+        pytest.skip("needs Linux's /proc/self/clear_refs to reset the peak resident size")
     script = textwrap.dedent("""
-        import resource, torch
+        import torch
         import vsc_kernels
         B, J, d, D = 2, 256, 4, 1 << 16
         g = torch.Generator().manual_seed(0)
@@ -452,24 +459,26 @@ def test_cpp_peak_memory_stays_below_the_reconstructions():
             vsc_kernels.linear_elbo(x[:1, :64], z[:1].detach().requires_grad_(),
                                     A[:64].detach().requires_grad_(), method=method,
                                     backend="cpp").loss.backward()
-        def peak():
-            return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        def status(key):
+            with open("/proc/self/status") as f:
+                return next(int(line.split()[1]) * 1024 for line in f
+                            if line.startswith(key + ":"))
         for backend in ("cpp", "reference"):
             for method in ("max", "avg"):
-                before = peak()
+                with open("/proc/self/clear_refs", "w") as f:
+                    f.write("5")  # VmHWM := VmRSS
+                before = status("VmRSS")
                 vsc_kernels.linear_elbo(x, z, A, method=method,
                                         backend=backend).loss.backward()
-                print(backend, method, (peak() - before) / 2**20)
+                print(backend, method, (status("VmHWM") - before) / 2**20)
     """)
     env = dict(os.environ, PYTHONPATH=str(Path(vsc_kernels.__file__).parent.parent))
     out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
                          text=True, timeout=120, check=True).stdout
     growth = {(name, method): float(mb)
               for name, method, mb in (line.split() for line in out.splitlines())}
-    if max(growth["reference", "max"], growth["reference", "avg"]) <= 120:
-        # Seen on the CUDA machine: loading the CUDA libraries sets a peak RSS that
-        # 128 MiB of reconstructions never exceed, so nothing here can be measured.
-        pytest.skip(f"peak RSS cannot see a 128 MiB allocation on this machine: {out}")
+    # The measurement sees the reference's 128 MiB of reconstructions.
+    assert min(growth["reference", "max"], growth["reference", "avg"]) > 120, out
     assert growth["cpp", "max"] < 24, out
     assert growth["cpp", "avg"] < 40, out
 
