@@ -174,6 +174,16 @@ def bandwidth_limit(device: torch.device) -> tuple[float, str]:
     return measured_copy_bandwidth(device), "measured device-to-device copy bandwidth"
 
 
+def cpu_model() -> str | None:
+    """The CPU's model name (/proc/cpuinfo; platform.processor() elsewhere)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((line.split(":", 1)[1].strip() for line in f
+                         if line.startswith("model name")), None)
+    except OSError:
+        return platform.processor() or None
+
+
 def environment(device: torch.device) -> dict:
     info = {
         "device": device_name(device),
@@ -185,6 +195,7 @@ def environment(device: torch.device) -> dict:
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "load_average": load_average(),
         "cpu_count": os.cpu_count(),
+        "cpu_model": cpu_model(),
     }
     try:
         from vsc_kernels import _extension
