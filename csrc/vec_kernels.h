@@ -916,9 +916,19 @@ void elbo_backward_impl(const SquaredErrorArgs& a) {
   const int64_t chunk = std::min<int64_t>(F, kElboChunk);
   const int64_t n_chunks = ceil_div(F, chunk);
   const int64_t grain = std::max<int64_t>(1, kElboMinWork / std::max<int64_t>(J * chunk, 1));
-  const bool stream = std::is_same_v<S, T> &&
-                      B * J * F * static_cast<int64_t>(sizeof(S)) >= kStreamMinBytes;
+  const int64_t out_bytes = B * J * F * static_cast<int64_t>(sizeof(S));
+  // Every sample written (avg, IWAE): the output's pages are mapped in batches ahead of
+  // the writes, and then regular stores beat streaming ones (the zeroed pages are in
+  // cache): fwd+bwd at (512, 10, 12288) avg, one thread, 185 ms -> 150 ms with streaming
+  // stores, 131-137 ms without. Under max only the selected samples are written, the
+  // rest stay unmapped zero pages, and large rows are streamed.
+  const bool prefault = out_bytes >= kPrefaultMinBytes &&
+                        std::all_of(g, g + B * J, [](T v) { return v != T(0); });
+  const bool stream = std::is_same_v<S, T> && out_bytes >= kStreamMinBytes && !prefault;
+  const int64_t block = J * F;  // the elements of the output of one row b
   at::parallel_for(0, B * n_chunks, grain, [&](int64_t begin, int64_t end) {
+    WritePrefault pages(out + begin / n_chunks * block, out + ((end - 1) / n_chunks + 1) * block,
+                        prefault);
     alignas(64) T acc[kElboChunk];
     alignas(64) T conv[kElboChunk];
     alignas(64) T vals[kElboChunk];
@@ -927,6 +937,7 @@ void elbo_backward_impl(const SquaredErrorArgs& a) {
       const int64_t f0 = (t - b * n_chunks) * chunk;
       const int64_t n = std::min<int64_t>(chunk, F - f0);
       const T* xr = x + b * F + f0;
+      pages.before(out + (b + 1) * block);
       if (grad_x) std::fill(acc, acc + n, T(0));
       for (int64_t j = 0; j < J; ++j) {
         const T gg = g[b * J + j];

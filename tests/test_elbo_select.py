@@ -329,6 +329,26 @@ def test_large_gradient_cpp():
     torch.testing.assert_close(grad_x, want_x)
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+def test_a_gradient_above_the_prefault_size_with_every_sample_weighted_cpp(threads):
+    """Every sample weighted (avg, IWAE) and a grad x_hat above 32 MiB: the C++ backward
+    maps the output's pages in batches ahead of each thread's writes (csrc/prefault.h)
+    and writes every row with regular stores; rows of F = 12289 span several chunks."""
+    impl, _ = _contract("cpp")
+    x, x_hat, _ = _problem(70, 10, (12289,), torch.float32, "cpu", seed=14)
+    g = torch.rand(70, 10, generator=torch.Generator().manual_seed(5)) + 0.1
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        grad_x_hat, grad_x = impl.elbo_select_backward(g, x, x_hat, True)
+    finally:
+        torch.set_num_threads(previous)
+    assert grad_x_hat.numel() * grad_x_hat.element_size() >= 32 << 20
+    want_x_hat, want_x = reference.elbo_select_backward(g, x, x_hat, True)
+    torch.testing.assert_close(grad_x_hat, want_x_hat)
+    torch.testing.assert_close(grad_x, want_x)
+
+
 @pytest.mark.parametrize("backend", KERNEL_BACKENDS)
 def test_contract_on_several_blocks(backend):
     """Shapes and tile sizes that make the kernels loop over several column blocks and
