@@ -27,6 +27,7 @@
 
 #include "cpu_kernels.h"
 #include "nonzeros.h"
+#include "prefault.h"
 
 #include <algorithm>
 #include <cstdint>
@@ -107,13 +108,16 @@ inline void add_scaled(double* acc, int64_t n, double v, const double* src) {
 template <typename z_t, typename T>
 void forward(const z_t* z, const T* At, int64_t N, int64_t d, int64_t D, z_t* out) {
   const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 15) / std::max<int64_t>(d + D, 1));
+  const bool prefault = N * D * static_cast<int64_t>(sizeof(z_t)) >= kPrefaultMinBytes;
   at::parallel_for(0, N, grain, [&](int64_t n_begin, int64_t n_end) {
+    WritePrefault pages(out + n_begin * D, out + n_end * D, prefault);
     constexpr bool in_place = std::is_same_v<T, z_t>;
     std::vector<T> buffer(in_place ? 0 : static_cast<size_t>(D));
     std::vector<int64_t> col(static_cast<size_t>(d + 1));
     std::vector<T> val(static_cast<size_t>(d + 1));
     for (int64_t n = n_begin; n < n_end; ++n) {
       const int64_t count = collect_nonzeros_scalar(z + n * d, d, 1, col.data(), val.data());
+      pages.before(out + (n + 1) * D);
       T* acc;
       if constexpr (in_place) {
         acc = out + n * D;

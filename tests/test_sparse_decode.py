@@ -232,6 +232,24 @@ def test_cpp_float32_dictionary_gradient_is_the_ordered_sum_over_rows(threads):
     assert torch.equal(got, want)
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+def test_cpp_forward_above_the_prefault_size(threads):
+    """An output above 32 MiB, whose pages the C++ forward maps in batches ahead of each
+    thread's rows (csrc/prefault.h): the float64 product's values, rounded."""
+    require_backend("cpp")
+    N, d, D = 8200, 48, 1024
+    z = _codes((N, d), 0.1, seed=5)
+    A = torch.randn(D, d, generator=torch.Generator().manual_seed(6))
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        got = cpp_backend.decode(z, A.t().contiguous(), int((z != 0).sum()))
+    finally:
+        torch.set_num_threads(previous)
+    assert got.numel() * got.element_size() >= 32 << 20
+    torch.testing.assert_close(got, (z.double() @ A.double().t()).float(), atol=1e-5, rtol=1e-5)
+
+
 @pytest.mark.parametrize("backend", KERNEL_BACKENDS)
 def test_density_dispatch(backend, monkeypatch):
     """The kernel runs (forward and gradient of A) iff the density is <= dense_above;
