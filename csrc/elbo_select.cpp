@@ -21,6 +21,8 @@
 #include <cstdint>
 #include <vector>
 
+#include <ATen/Dispatch.h>
+
 #include "cpu_kernels.h"
 #include "cpu_memory.h"
 #include "selection.h"
@@ -101,13 +103,21 @@ std::tuple<at::Tensor, std::optional<at::Tensor>> elbo_select_backward(
   TORCH_CHECK(grad_sq_err.dim() == 2 && grad_sq_err.size(0) == B && grad_sq_err.size(1) == J,
               "elbo_select: grad_sq_err must have shape (B, J) = (", B, ", ", J, "), got ",
               grad_sq_err.sizes());
-  // Zero-filled: the kernel writes only the samples with a non-zero weight (one of J
-  // under max-ELBO selection).
-  at::Tensor grad_xh = zeroed_output({B, J, F}, x_hat.options());
+  const at::Tensor g = grad_sq_err.to(compute).contiguous();
+  // The kernel writes only the samples with a non-zero weight: one of J under max-ELBO
+  // selection, where the gradient comes zero-filled; every one under avg and IWAE, where
+  // filling it first with zeros would only add a pass over it (at the paper's shape,
+  // (100, 20, 256), a fifth of the backward).
+  bool every_sample = true;
+  AT_DISPATCH_FLOATING_TYPES(g.scalar_type(), "elbo_select_backward", [&] {
+    const scalar_t* w = g.const_data_ptr<scalar_t>();
+    for (int64_t i = 0; i < g.numel(); ++i) every_sample &= w[i] != scalar_t(0);
+  });
+  at::Tensor grad_xh = every_sample ? empty_output({B, J, F}, x_hat.options())
+                                    : zeroed_output({B, J, F}, x_hat.options());
   at::Tensor grad_xc;
   if (need_x) grad_xc = at::empty({B, F}, x.options().dtype(compute));
   if (B > 0 && F > 0) {
-    const at::Tensor g = grad_sq_err.to(compute).contiguous();
     const at::Tensor xc = x.to(compute).contiguous();
     const at::Tensor xh = unit_column_stride(x_hat);
     cpu::SquaredErrorArgs args = make_args(xc, xh, compute == at::kDouble);

@@ -311,6 +311,21 @@ def test_a_large_max_gradient_is_zero_filled_and_an_ordinary_tensor():
         assert (x_hat.grad[unselected] == 1).all()
 
 
+def test_an_avg_gradient_is_written_whole_without_zero_filling():
+    """Every sample weighted (avg): the C++ backward writes every row, so its gradient is
+    an ordinary allocation, neither zero-filled first nor the lazily zeroed mapping."""
+    require_backend("cpp")
+    B, J, F = 32, 8, 4096                      # 4 MB of float32
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(B, F, generator=g)
+    x_hat = (x[:, None] + 0.1 * torch.randn(B, J, F, generator=g)).requires_grad_()
+    vsc_kernels.elbo_select(x, x_hat, None, method="avg", backend="cpp").loss.backward()
+    assert x_hat.grad.untyped_storage().resizable()   # at::empty, not the mapping
+    want = x_hat.detach().clone().requires_grad_()
+    reference.elbo_select(x, want, None, method="avg").loss.backward()
+    torch.testing.assert_close(x_hat.grad, want.grad)
+
+
 def test_large_gradient_cpp():
     """A grad x_hat above 16 MiB, which the C++ backward writes with streaming stores
     (F = 12289: rows start at every vector alignment, so both store paths run), with
