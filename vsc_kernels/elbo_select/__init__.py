@@ -100,18 +100,20 @@ def _gradients(ctx, grad_loss, x, x_hat, kl, weights, beta, recon, backward_fn):
     """``(grad_x, grad_x_hat, grad_kl)``; ``backward_fn`` is the backend's (or the custom
     op's) ``elbo_select_backward``."""
     B, J, F = x_hat.shape
-    # d loss / d L[b, j] = weights[b, j] / B (the mean over rows of the row objectives).
-    grad_per_sample = grad_loss.to(weights.dtype) * weights / max(B, 1)
+    # d loss / d L[b, j] = weights[b, j] / B (the mean over rows of the row objectives),
+    # d L[b, j] / d E[b, j] = c (recon_scale): the scalars first, so that the (B, J)
+    # weights are multiplied once (this glue is most of a small call's backward).
     grad_x = grad_x_hat = grad_kl = None
     need_x, need_x_hat = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+    grad_loss = grad_loss.to(weights.dtype)
     if need_x or need_x_hat:
-        grad_sq_err = (grad_per_sample * _elbo.recon_scale(recon, F)).to(
-            reference.work_dtype(x, x_hat))
+        scale = _elbo.recon_scale(recon, F) / max(B, 1)
+        grad_sq_err = (weights * (grad_loss * scale)).to(reference.work_dtype(x, x_hat))
         grad_x_hat, grad_x = backward_fn(grad_sq_err.contiguous(), x, x_hat, bool(need_x))
         grad_x_hat = grad_x_hat if need_x_hat else None
         grad_x = grad_x if need_x else None
     if kl is not None and ctx.needs_input_grad[2]:
-        grad_kl = _elbo.kl_gradient(grad_per_sample, kl, beta)
+        grad_kl = _elbo.kl_gradient(weights * (grad_loss / max(B, 1)), kl, beta)
     return grad_x, grad_x_hat, grad_kl
 
 
