@@ -65,6 +65,7 @@ struct SquaredErrorArgs {
   const void* g = nullptr;    // backward: grad of E (B, J) compute type
   void* grad_x_hat = nullptr; // backward: (B, J, F) contiguous in x_hat's dtype
   void* grad_x = nullptr;     // backward: (B, F) contiguous compute type, or null
+  bool every_sample = false;  // backward: every g != 0, so every row of grad_x_hat is written
 };
 
 // linear_elbo: rows of the reconstructions A z (sample row r of z -> data row b, sample

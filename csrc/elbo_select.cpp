@@ -124,6 +124,7 @@ std::tuple<at::Tensor, std::optional<at::Tensor>> elbo_select_backward(
     args.g = g.data_ptr();
     args.grad_x_hat = grad_xh.data_ptr();
     args.grad_x = need_x ? grad_xc.data_ptr() : nullptr;
+    args.every_sample = every_sample;
     if (J > 0) {
       cpu::kernels().elbo_backward(args);
     } else if (need_x) {
