@@ -1159,31 +1159,37 @@ void sparse_grad_t_f32(const float* z, const float* g, int64_t N, int64_t d, int
 // ---------------------------------------------------------------------------------------
 // linear_elbo rows (see LinearArgs).
 
+// rec[0:n] = sum over i ascending of val[i] * dense[col[i] * n, + n), added from zero:
+// tiles of kRowTileVecs vectors stay in registers over all of the row's non-zeros and
+// are stored once (rather than loading and storing the whole sum every few non-zeros).
+// The same sums as linear_rows_blocked's per column.
+constexpr int64_t kRowTileVecs = 8;
+
 template <typename T, typename I>
-inline void add_rows(T* __restrict acc, int64_t n, const T* __restrict dense,
-                     const I* __restrict col, const T* __restrict val, int64_t count) {
+inline void sparse_row(T* __restrict rec, int64_t n, const T* __restrict dense,
+                       const I* __restrict col, const T* __restrict val, int64_t count) {
   using V = Vectorized<T>;
-  int64_t i = 0;
-  for (; i + 4 <= count; i += 4) {
-    const T* s0 = dense + col[i] * n;
-    const T* s1 = dense + col[i + 1] * n;
-    const T* s2 = dense + col[i + 2] * n;
-    const T* s3 = dense + col[i + 3] * n;
-    const V v0(val[i]), v1(val[i + 1]), v2(val[i + 2]), v3(val[i + 3]);
-    for (int64_t f = 0; f < n; f += V::size()) {
-      const int64_t c = std::min<int64_t>(V::size(), n - f);
-      const V a = V::loadu(acc + f, c) + v0 * V::loadu(s0 + f, c) + v1 * V::loadu(s1 + f, c) +
-                  v2 * V::loadu(s2 + f, c) + v3 * V::loadu(s3 + f, c);
-      a.store(acc + f, c);
+  constexpr int64_t kWidth = kRowTileVecs * V::size();
+  int64_t f0 = 0;
+  for (; f0 + kWidth <= n; f0 += kWidth) {
+    V acc[kRowTileVecs];
+    for (int64_t t = 0; t < kRowTileVecs; ++t) acc[t] = V(T(0));
+    for (int64_t i = 0; i < count; ++i) {
+      const V v(val[i]);
+      const T* s = dense + static_cast<int64_t>(col[i]) * n + f0;
+      for (int64_t t = 0; t < kRowTileVecs; ++t) {
+        acc[t] = acc[t] + v * V::loadu(s + t * V::size());
+      }
     }
+    for (int64_t t = 0; t < kRowTileVecs; ++t) acc[t].store(rec + f0 + t * V::size());
   }
-  for (; i < count; ++i) {
-    const T* s0 = dense + col[i] * n;
-    const V v0(val[i]);
-    for (int64_t f = 0; f < n; f += V::size()) {
-      const int64_t c = std::min<int64_t>(V::size(), n - f);
-      (V::loadu(acc + f, c) + v0 * V::loadu(s0 + f, c)).store(acc + f, c);
+  for (; f0 < n; f0 += V::size()) {  // the last columns, a vector at a time
+    const int64_t c = std::min<int64_t>(V::size(), n - f0);
+    V acc(T(0));
+    for (int64_t i = 0; i < count; ++i) {
+      acc = acc + V(val[i]) * V::loadu(dense + static_cast<int64_t>(col[i]) * n + f0, c);
     }
+    acc.store(rec + f0, c);
   }
 }
 
@@ -1323,10 +1329,8 @@ void linear_rows_impl(const LinearArgs& a) {
       } else {
         const int64_t count = collect_nonzeros<S, T>(z + b * a.z_sb + j * a.z_sj, d, a.z_sd,
                                                      col.data(), val.data());
-        T* acc = acc_buf.data();
-        std::fill(acc, acc + D, T(0));
-        add_rows<T>(acc, D, At, col.data(), val.data(), count);
-        rr = acc;
+        sparse_row<T>(acc_buf.data(), D, At, col.data(), val.data(), count);
+        rr = acc_buf.data();
       }
       if (norms != nullptr) {
         V acc0(T(0)), acc1(T(0));
