@@ -30,6 +30,34 @@ NOMINAL_BANDWIDTH = {
 }
 
 
+# Set when a benchmark stopped at SIGINT (``timeout --signal=INT`` in bench/gpu_check.sh,
+# or Ctrl-C): the script still prints and saves the groups it finished, and the rounds
+# of the group it was in that every provider finished (time_interleaved), and the
+# result file says it is partial.
+interrupted = False
+
+
+def stop_at_interrupt() -> None:
+    """Called where a benchmark loop catches KeyboardInterrupt: note it and say so."""
+    global interrupted
+    if not interrupted:
+        print("interrupted: keeping what was measured so far (the result file says "
+              "\"interrupted\": true)", flush=True)
+    interrupted = True
+
+
+def unless_interrupted(fn: Callable[[], object]) -> object | None:
+    """``fn()``, or None once the benchmark is interrupted (before or during the call): a
+    measurement after the timed rounds that a stopped benchmark skips."""
+    if interrupted:
+        return None
+    try:
+        return fn()
+    except KeyboardInterrupt:
+        stop_at_interrupt()
+        return None
+
+
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
@@ -116,24 +144,38 @@ def time_interleaved(calls: dict, device: torch.device, *, rounds: int = 15,
         once = max(time.perf_counter() - t0, 1e-7)
         batch[name] = max(1, min(10_000, int(round_seconds / once)))
     samples = {name: [] for name in calls}
-    for _ in range(rounds):
-        for name, fn in calls.items():
-            n = batch[name]
-            if device.type == "cuda":
-                start = torch.cuda.Event(enable_timing=True)
-                end = torch.cuda.Event(enable_timing=True)
-                start.record()
-                for _ in range(n):
-                    fn()
-                end.record()
-                end.synchronize()
-                samples[name].append(start.elapsed_time(end) / 1e3 / n)
-            else:
-                t0 = clock()
-                for _ in range(n):
-                    fn()
-                samples[name].append((clock() - t0) / n)
+    try:
+        for _ in range(rounds):
+            for name, fn in calls.items():
+                n = batch[name]
+                if device.type == "cuda":
+                    start = torch.cuda.Event(enable_timing=True)
+                    end = torch.cuda.Event(enable_timing=True)
+                    start.record()
+                    for _ in range(n):
+                        fn()
+                    end.record()
+                    end.synchronize()
+                    samples[name].append(start.elapsed_time(end) / 1e3 / n)
+                else:
+                    t0 = clock()
+                    for _ in range(n):
+                        fn()
+                    samples[name].append((clock() - t0) / n)
+    except KeyboardInterrupt:
+        return interrupted_medians(samples)
     return {name: statistics.median(v) for name, v in samples.items()}
+
+
+def interrupted_medians(samples: dict[str, list[float]]) -> dict[str, float]:
+    """The medians of the rounds that every provider finished before an interrupt (then
+    :func:`stop_at_interrupt`; the caller stops after this group), or the interrupt again
+    if no round was finished."""
+    complete = min(len(v) for v in samples.values())
+    if complete == 0:
+        raise KeyboardInterrupt
+    stop_at_interrupt()
+    return {name: statistics.median(v[:complete]) for name, v in samples.items()}
 
 
 def load_average() -> list[float] | None:
@@ -336,6 +378,8 @@ def run_cases(cases: list[Case], device: torch.device, *, rounds: int = 15,
                 best = {name: f"{s * 1e3:.3f} ms" for name, s in seconds.items()}
                 print(f"  {case.group}: {best}", flush=True)
             del calls
+            if interrupted:  # during this group's rounds: it keeps the finished ones
+                break
     except KeyboardInterrupt:
         stop_at_interrupt()
     return rows
@@ -344,20 +388,6 @@ def run_cases(cases: list[Case], device: torch.device, *, rounds: int = 15,
 @functools.lru_cache(maxsize=None)
 def cached_bandwidth_limit(device_str: str) -> tuple[float, str]:
     return bandwidth_limit(torch.device(device_str))
-
-
-# Set when a benchmark loop stopped at SIGINT (``timeout --signal=INT`` in
-# bench/gpu_check.sh, or Ctrl-C): the script still prints and saves the groups it
-# finished, and the result file says it is partial.
-interrupted = False
-
-
-def stop_at_interrupt() -> None:
-    """Called from a benchmark loop's ``except KeyboardInterrupt``: note it and say so."""
-    global interrupted
-    interrupted = True
-    print("interrupted: keeping the groups measured so far (the result file says "
-          "\"interrupted\": true)", flush=True)
 
 
 def payload(op: str, device: torch.device, rows: list[dict], **extra) -> dict:

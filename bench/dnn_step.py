@@ -183,16 +183,21 @@ def main(argv=None):
     # Round robin: one step of each provider per round, so that a change of the machine's
     # load (shared CPUs) touches every provider alike; the median over the rounds.
     samples = {provider: [] for provider in PROVIDERS}
-    for round_ in range(repeats + 2):
-        for provider, step in steps.items():
-            seconds = common.time_call(step, device, warmup=0, repeats=1, min_seconds=0)
-            if round_ >= 2:                                   # two warm-up rounds
-                samples[provider].append(seconds)
+    try:
+        for round_ in range(repeats + 2):
+            for provider, step in steps.items():
+                seconds = common.time_call(step, device, warmup=0, repeats=1, min_seconds=0)
+                if round_ >= 2:                                   # two warm-up rounds
+                    samples[provider].append(seconds)
+        medians = {provider: statistics.median(v) for provider, v in samples.items()}
+    except KeyboardInterrupt:  # the rounds every provider finished (none: re-raised)
+        medians = common.interrupted_medians(samples)
     rows = []
     for provider in PROVIDERS:
-        seconds = statistics.median(samples[provider])
-        memory = (common.peak_memory(steps[provider], device) if device.type == "cuda"
-                  else None if args.quick else peak_rss_in_child(provider, args))
+        seconds = medians[provider]
+        memory = common.unless_interrupted(
+            lambda: common.peak_memory(steps[provider], device) if device.type == "cuda"
+            else None if args.quick else peak_rss_in_child(provider, args))
         rows.append({"provider": provider, "time_ms": seconds * 1e3,
                      "images_per_s": args.batch / seconds, "peak_memory_mb":
                      None if memory is None else memory / 2**20,
@@ -206,8 +211,10 @@ def main(argv=None):
                               ("images_per_s", "images/s", ".1f"),
                               ("speedup_vs_public", "x public", ".2f"),
                               ("peak_memory_mb", "peak MB", ".0f")])
-    cosine = gradient_agreement(args.latent_dim, args.samples, x, dtype)
-    print(f"gradient cosine, decode='selected' vs 'all' (same noise): {cosine:.4f}")
+    cosine = common.unless_interrupted(
+        lambda: gradient_agreement(args.latent_dim, args.samples, x, dtype))
+    if cosine is not None:
+        print(f"gradient cosine, decode='selected' vs 'all' (same noise): {cosine:.4f}")
     if not (args.quick or args.no_save):
         payload = {"benchmark": "dnn_step", "environment": common.environment(device),
                    "load_average": os.getloadavg(),
@@ -215,6 +222,7 @@ def main(argv=None):
                    "shape": {"B": args.batch, "J": args.samples, "latent_dim": args.latent_dim,
                              "image": [1, 28, 28], "architecture": "fmnist (Table 5)"},
                    "dtype": args.dtype, "repeats": repeats, "clock": clock.__name__, "rows": rows,
+                   **({"interrupted": True} if common.interrupted else {}),
                    "gradient_cosine_selected_vs_all": cosine}
         print(f"wrote {common.write_results('dnn_step', device, payload, directory=args.out)}")
 

@@ -110,6 +110,8 @@ def run(device, shapes, sklearn_rows, repeats, max_iter, clock=time.perf_counter
                     group.append(row(B, d, D, mode, name, times[name], iterations, limit))
                 group[0]["backend"] = backend
                 rows_out.extend(group)  # whole groups only: an interrupt keeps them
+                if common.interrupted:  # during this group's rounds (time_interleaved)
+                    raise KeyboardInterrupt
                 if sklearn_rows:
                     rows_out.append(sklearn_row(x_np, A_np, B, d, D, mode, max_iter, tol,
                                                 sklearn_rows, limit))

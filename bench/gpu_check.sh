@@ -2,9 +2,9 @@
 # One GPU session, at most 7 min 40 s (the limits below add up to 460 s): the CUDA tests
 # of the ops, then every GPU benchmark, each step under its own time limit so that one
 # slow step cannot eat the others' time. A benchmark stopped at its limit (SIGINT) still
-# prints and saves the groups it finished, its JSON marked "interrupted": true
-# (bench/common.py: run_cases; fista.py and sparse_decode.py likewise); dnn_step and
-# linear_step time one interleaved group and keep nothing when stopped.
+# prints and saves the groups it finished and the rounds of the group it was in that
+# every provider finished, its JSON marked "interrupted": true (bench/common.py:
+# run_cases, time_interleaved; fista, sparse_decode, dnn_step and linear_step likewise).
 #
 #   bash bench/gpu_check.sh [OUT]      # OUT: where the JSON and logs go (default bench/results)
 #
