@@ -1,6 +1,9 @@
-"""Shared test helpers: backends under test, dtype tolerances, seeded calls."""
+"""Shared test helpers: backends under test, dtype tolerances, seeded calls, thread
+counts."""
 
 from __future__ import annotations
+
+import contextlib
 
 import pytest
 import torch
@@ -48,3 +51,14 @@ def seeded(seed: int, backend: str, *args, **kwargs):
     if device.type == "cuda":
         torch.cuda.manual_seed(seed)
     return vsc_kernels.threshold_sample(*args, backend=backend, **kwargs)
+
+
+@contextlib.contextmanager
+def num_threads(n: int):
+    """torch's intra-op thread count set to ``n`` inside the block, restored after it."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)

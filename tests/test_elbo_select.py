@@ -11,7 +11,7 @@ import torch
 import vsc_kernels
 from vsc_kernels.elbo_select import reference
 
-from _utils import DTYPE_TOLERANCES, KERNEL_BACKENDS, require_backend
+from _utils import DTYPE_TOLERANCES, KERNEL_BACKENDS, num_threads, require_backend
 
 BACKENDS = ["reference", "cpp", "triton"]
 METHODS = ["max", "avg", "iwae", "softmin"]
@@ -352,12 +352,8 @@ def test_a_gradient_above_the_prefault_size_with_every_sample_weighted_cpp(threa
     impl, _ = _contract("cpp")
     x, x_hat, _ = _problem(70, 10, (12289,), torch.float32, "cpu", seed=14)
     g = torch.rand(70, 10, generator=torch.Generator().manual_seed(5)) + 0.1
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
+    with num_threads(threads):
         grad_x_hat, grad_x = impl.elbo_select_backward(g, x, x_hat, True)
-    finally:
-        torch.set_num_threads(previous)
     assert grad_x_hat.numel() * grad_x_hat.element_size() >= 32 << 20
     want_x_hat, want_x = reference.elbo_select_backward(g, x, x_hat, True)
     torch.testing.assert_close(grad_x_hat, want_x_hat)

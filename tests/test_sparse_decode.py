@@ -12,7 +12,7 @@ from vsc_kernels import sparse_decode
 from vsc_kernels.sparse_decode import cpp_backend, crossover_density, reference
 from vsc_kernels.sparse_decode import triton_kernels
 
-from _utils import require_backend
+from _utils import num_threads, require_backend
 
 BACKENDS = ["reference", "cpp", "triton"]
 KERNEL_BACKENDS = ["cpp", "triton"]
@@ -223,12 +223,8 @@ def test_cpp_float32_dictionary_gradient_is_the_ordered_sum_over_rows(threads):
     want = torch.zeros(d, D)
     for n in range(N):  # float32 product then float32 sum, separately rounded
         want += z[n].unsqueeze(1) * g[n].unsqueeze(0)
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
+    with num_threads(threads):
         got = cpp_backend.grad_weight_t(z, g, int((z != 0).sum()))
-    finally:
-        torch.set_num_threads(previous)
     assert torch.equal(got, want)
 
 
@@ -240,12 +236,8 @@ def test_cpp_forward_above_the_prefault_size(threads):
     N, d, D = 8200, 48, 1024
     z = _codes((N, d), 0.1, seed=5)
     A = torch.randn(D, d, generator=torch.Generator().manual_seed(6))
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
+    with num_threads(threads):
         got = cpp_backend.decode(z, A.t().contiguous(), int((z != 0).sum()))
-    finally:
-        torch.set_num_threads(previous)
     assert got.numel() * got.element_size() >= 32 << 20
     torch.testing.assert_close(got, (z.double() @ A.double().t()).float(), atol=1e-5, rtol=1e-5)
 

@@ -7,7 +7,7 @@ compared directly, per dtype with the tolerances of ``_utils.DTYPE_TOLERANCES``.
 import pytest
 import torch
 
-from _utils import DTYPE_TOLERANCES, KERNEL_BACKENDS, require_backend, seeded
+from _utils import DTYPE_TOLERANCES, KERNEL_BACKENDS, num_threads, require_backend, seeded
 
 SHAPES = [  # (leading shape of mu, d, num_samples)
     ((7,), 37, 3),
@@ -132,9 +132,7 @@ def test_outputs_above_the_prefault_size_cpp(M, J, d, threads):
     into the same rows."""
     require_backend("cpp")
     assert M * J * d * 4 >= 32 << 20
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
+    with num_threads(threads):
         results = []
         for name in ("cpp", "reference"):
             mu, logb = _inputs((M,), d, "cpu", torch.float32, seed=3)
@@ -143,8 +141,6 @@ def test_outputs_above_the_prefault_size_cpp(M, J, d, threads):
             z.backward(torch.ones_like(z))
             results.append((z.detach(), lam.grad))
             del z, lam
-    finally:
-        torch.set_num_threads(previous)
     (z, grad_lam), (z_ref, grad_lam_ref) = results
     torch.testing.assert_close(z, z_ref, atol=1e-5, rtol=1e-5)
     assert torch.equal(z == 0, z_ref == 0)
