@@ -268,6 +268,10 @@ def environment(device: torch.device) -> dict:
 
 def write_results(name: str, device: torch.device, payload: dict, *,
                   directory: Path | None = None) -> Path:
+    """``payload`` as ``<directory>/<name>_<device type>.json``, written atomically, marked
+    ``"interrupted": true`` if the benchmark was stopped (:func:`stop_at_interrupt`)."""
+    if interrupted:
+        payload = {**payload, "interrupted": True}
     directory = RESULTS_DIR if directory is None else Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"{name}_{device.type}.json"
@@ -392,8 +396,7 @@ def cached_bandwidth_limit(device_str: str) -> tuple[float, str]:
 
 def payload(op: str, device: torch.device, rows: list[dict], **extra) -> dict:
     """A result file: the op, the environment (device, versions, load), the rows."""
-    return {"op": op, "environment": environment(device), **extra,
-            **({"interrupted": True} if interrupted else {}), "results": rows}
+    return {"op": op, "environment": environment(device), **extra, "results": rows}
 
 
 def result_name(op: str, quick: bool) -> str:

@@ -222,7 +222,6 @@ def main(argv=None):
                    "shape": {"B": args.batch, "J": args.samples, "latent_dim": args.latent_dim,
                              "image": [1, 28, 28], "architecture": "fmnist (Table 5)"},
                    "dtype": args.dtype, "repeats": repeats, "clock": clock.__name__, "rows": rows,
-                   **({"interrupted": True} if common.interrupted else {}),
                    "gradient_cosine_selected_vs_all": cosine}
         print(f"wrote {common.write_results('dnn_step', device, payload, directory=args.out)}")
 

@@ -202,7 +202,6 @@ def main(argv=None):
                    "dtype": "float32", "max_iter": args.max_iter, "quick": args.quick,
                    "threads": torch.get_num_threads(),
                    "clock": clock.__name__,
-                   **({"interrupted": True} if common.interrupted else {}),
                    "results": rows}
         name = common.result_name("fista", args.quick)
         print(f"wrote {common.write_results(name, device, payload, directory=args.out)}")

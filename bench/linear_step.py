@@ -101,7 +101,6 @@ def main(argv=None):
         payload = {"op": "linear_step", "environment": common.environment(device),
                    "clock": clock.__name__, "config": str(QUICK_CONFIG.name),
                    "graph_captures": captures, "graph_replays": replays, "health": health,
-                   **({"interrupted": True} if common.interrupted else {}),
                    "results": rows}
         path = common.write_results("linear_step", device, payload, directory=args.out)
         print(f"saved {path}")

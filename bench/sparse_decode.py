@@ -230,7 +230,6 @@ def main(argv=None):
                    "backend": backend, "rows": N, "shapes_dD": shapes, "dtypes": dtypes,
                    "densities": densities, "repeats": repeats, "bandwidth_limit": bandwidth,
                    "crossovers": crossovers, "suggested_crossover_table": table,
-                   **({"interrupted": True} if common.interrupted else {}),
                    "results": rows}
         name = common.result_name("sparse_decode", args.quick)
         print(f"wrote {common.write_results(name, device, payload, directory=args.out)}")
